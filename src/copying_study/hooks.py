@@ -1,0 +1,249 @@
+"""MLflow tracking for every ``kedro run``: one MLflow run per Kedro run.
+
+Logged: the parameters the pipeline uses (flattened, ``ingest.resolution``), tags with the git commit and whether
+the tree was dirty, the Kedro run id (= the save version of every versioned dataset), environment and pipeline
+names, the version of every dataset loaded and saved, metrics from node outputs named ``*_metrics`` (a dict of
+floats, or of ``[[step, value], ...]`` histories), and every file saved to a dataset whose metadata says
+``copying_study: {mlflow_artifact: true}`` (plots, galleries, records). The same information is kept in
+``self.record`` for the run manifest.
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<project>/mlflow.db`` with artifacts in
+``<project>/mlruns`` — works on a fresh clone with no set-up. ``COPYING_STUDY_MLFLOW=0`` turns tracking off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT_ENV = "COPYING_STUDY_EXPERIMENT"
+DEFAULT_EXPERIMENT = "copying_study"
+
+
+def git_state(path: Path) -> dict[str, Any]:
+    """Commit sha and dirtiness of the git tree at ``path`` (``None`` when not a git checkout)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=path, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+        )
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def flatten(d: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{sep}{k}" if prefix else str(k), sep))
+    else:
+        out[prefix] = d
+    return out
+
+
+def tracking_uri(project_path: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_path / 'mlflow.db').as_posix()}"
+
+
+def dataset_version(dataset: Any, kind: str) -> str | None:
+    """The version a versioned dataset loaded or saved (``None`` for unversioned datasets)."""
+    try:
+        if kind == "load" and hasattr(dataset, "resolve_load_version"):
+            return dataset.resolve_load_version()
+        if kind == "save" and hasattr(dataset, "resolve_save_version"):
+            return dataset.resolve_save_version()
+    except Exception:  # noqa: BLE001 - an unversioned dataset or no version yet
+        return None
+    return None
+
+
+def saved_path(dataset: Any) -> Path | None:
+    """Where a file dataset wrote its data (the versioned path for versioned datasets)."""
+    filepath = getattr(dataset, "_filepath", None)
+    if filepath is None:
+        return None
+    version = dataset_version(dataset, "save")
+    if version and hasattr(dataset, "_get_versioned_path"):
+        return Path(str(dataset._get_versioned_path(version)))
+    return Path(str(filepath))
+
+
+def metrics_to_log(value: Any) -> dict[str, list[tuple[int, float]]]:
+    """Normalise a ``*_metrics`` output into ``{name: [(step, value), ...]}`` with finite floats only."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for key, v in flatten(value).items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, (int, float)):
+            if math.isfinite(float(v)):
+                out[key] = [(0, float(v))]
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v):
+            out[key] = [(int(s), float(x)) for s, x in v if x is not None and math.isfinite(float(x))]
+    return out
+
+
+class MlflowTrackingHooks:
+    def __init__(self) -> None:
+        self.record: dict[str, Any] = {}
+        self._catalog = None
+        self._active = False
+
+    # -- catalog ---------------------------------------------------------------------------------------
+    @hook_impl
+    def after_catalog_created(self, catalog, conf_catalog, conf_creds, parameters, save_version, load_versions):
+        self._catalog = catalog
+        self.record = {
+            "save_version": save_version,
+            "load_versions_requested": dict(load_versions or {}),
+            "parameters": parameters,
+            "datasets_loaded": {},
+            "datasets_saved": {},
+            "artifacts": [],
+        }
+
+    # -- pipeline ---------------------------------------------------------------------------------------
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog):
+        self._catalog = catalog
+        project_path = Path(run_params.get("project_path") or ".")
+        git = git_state(project_path)
+        pipelines = run_params.get("pipeline_names") or ["__default__"]
+        self.record.update(
+            {
+                "run_id": run_params["run_id"],
+                "env": run_params.get("env"),
+                "pipeline_names": pipelines,
+                "runtime_params": run_params.get("runtime_params") or {},
+                "git": git,
+                "project_path": str(project_path),
+            }
+        )
+        if os.environ.get("COPYING_STUDY_MLFLOW", "1").lower() in ("0", "false", "off", "no"):
+            logger.info("MLflow tracking is off (COPYING_STUDY_MLFLOW=0)")
+            return
+        import mlflow
+
+        uri = tracking_uri(project_path)
+        mlflow.set_tracking_uri(uri)
+        name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+        if mlflow.get_experiment_by_name(name) is None:
+            artifact_root = None
+            if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+                artifact_root = (project_path / "mlruns").resolve().as_uri()
+            mlflow.create_experiment(name, artifact_location=artifact_root)
+        mlflow.set_experiment(name)
+        if mlflow.active_run() is not None:  # a caller (e.g. the study's parent run) opened one: nest
+            mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}", nested=True)
+        else:
+            mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}")
+        self._active = True
+        tags = {
+            "kedro.run_id": run_params["run_id"],
+            "kedro.env": str(run_params.get("env")),
+            "kedro.pipelines": ",".join(pipelines),
+            "kedro.version": str(run_params.get("kedro_version")),
+            "git.commit": str(git["commit"]),
+            "git.dirty": str(git["dirty"]),
+            "mlflow.source.git.commit": str(git["commit"]),
+            "kedro.load_versions": json.dumps(run_params.get("load_versions") or {}),
+            "kedro.runtime_params": json.dumps(run_params.get("runtime_params") or {}, default=str),
+        }
+        mlflow.set_tags(tags)
+        params = self.record.get("parameters") or {}
+        used = set()
+        for name_ in pipeline.inputs() | {i for n in pipeline.nodes for i in n.inputs}:
+            if name_ == "parameters":
+                used.update(params)
+            elif name_.startswith("params:"):
+                used.add(name_[len("params:"):].split(".")[0])
+        flat = {}
+        for key in sorted(used):
+            if key in params:
+                flat.update(flatten(params[key], key))
+        for key, value in flat.items():
+            text = json.dumps(value, default=str) if not isinstance(value, str) else value
+            mlflow.log_param(key[:250], text[:6000])
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog):
+        self._finish("FINISHED")
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog):
+        self.record["error"] = f"{type(error).__name__}: {error}"
+        self._finish("FAILED")
+
+    def _finish(self, status: str) -> None:
+        if not self._active:
+            return
+        import mlflow
+
+        try:
+            loaded = self.record.get("datasets_loaded", {})
+            saved = self.record.get("datasets_saved", {})
+            for kind, versions in (("loaded", loaded), ("saved", saved)):
+                for ds_name, version in versions.items():
+                    if version:
+                        mlflow.set_tag(f"dataset.{kind}.{ds_name}", version)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "dataset_versions.json"
+                path.write_text(json.dumps({"loaded": loaded, "saved": saved}, indent=2, sort_keys=True))
+                mlflow.log_artifact(str(path))
+        finally:
+            mlflow.end_run(status=status)
+            self._active = False
+
+    # -- datasets ---------------------------------------------------------------------------------------
+    def _dataset(self, name: str):
+        if self._catalog is None:
+            return None
+        try:
+            return self._catalog.get(name)
+        except Exception:  # noqa: BLE001
+            return None
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name, data, node):
+        ds = self._dataset(dataset_name)
+        if ds is not None and dataset_name not in self.record.setdefault("datasets_loaded", {}):
+            self.record["datasets_loaded"][dataset_name] = dataset_version(ds, "load")
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name, data, node):
+        ds = self._dataset(dataset_name)
+        if ds is not None:
+            self.record.setdefault("datasets_saved", {})[dataset_name] = dataset_version(ds, "save")
+        if not self._active:
+            return
+        import mlflow
+
+        if dataset_name.split(".")[-1].endswith("_metrics") and isinstance(data, dict):
+            for key, history in metrics_to_log(data).items():
+                for step, value in history:
+                    mlflow.log_metric(key[:250], value, step=step)
+        meta = (getattr(ds, "metadata", None) or {}).get("copying_study", {}) if ds is not None else {}
+        if meta.get("mlflow_artifact"):
+            path = saved_path(ds)
+            if path is not None and path.exists():
+                artifact_dir = meta.get("artifact_path", dataset_name.split(".")[0])
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=f"{artifact_dir}/{path.name}")
+                else:
+                    mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+                self.record.setdefault("artifacts", []).append(str(path))

@@ -1,0 +1,17 @@
+"""Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
+
+from omegaconf.resolvers import oc
+
+from copying_study.hooks import MlflowTrackingHooks
+
+HOOKS = (MlflowTrackingHooks(),)
+
+# kedro-viz registers hooks that write .viz/ files on every run; the DAG view does not need them.
+# (Names are distribution metadata names: kedro-mlflow would be "kedro_mlflow"; it is not used here.)
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
+
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "custom_resolvers": {"oc.env": oc.env},
+}

@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny in-memory training set and a throw-away copy of the Kedro project."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from copying_study.utils.images import encode_png
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("COPYING_STUDY_NO_PROGRESS", "1")
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_scene(shape: str, colour: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    bg = tuple(int(x) for x in rng.integers(0, 256, 3))
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    c = COLOURS[colour]
+    x0, y0 = rng.integers(2, size // 3, 2)
+    x1, y1 = x0 + size // 2, y0 + size // 2
+    if shape == "circle":
+        d.ellipse([x0, y0, x1, y1], fill=c)
+    elif shape == "square":
+        d.rectangle([x0, y0, x1, y1], fill=c)
+    else:
+        d.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=c)
+    return img
+
+
+def make_training_set(n: int = 24, size: int = 32, seed: int = 0, n_dup_clusters: int = 2, copies: int = 3):
+    """A small table with the ``training_set`` schema: n distinct scenes + planted exact-copy clusters."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        shape, colour = SHAPES[i % len(SHAPES)], list(COLOURS)[(i // len(SHAPES)) % len(COLOURS)]
+        img = draw_scene(shape, colour, rng, size)
+        png = encode_png(img)
+        caps = [f"a {colour} {shape}", f"a {shape} that is {colour}", f"{colour} {shape} on a background",
+                f"picture of a {colour} {shape}", f"one {colour} {shape}"]
+        rows.append({"png": png, "caption": caps[0], "captions": caps, "class_label": shape})
+    out = []
+    for i, r in enumerate(rows):
+        cluster = i if i < n_dup_clusters else -1
+        reps = copies if i < n_dup_clusters else 1
+        for k in range(reps):
+            out.append({
+                "image_id": hashlib.sha256(f"test:{i}:{k}".encode()).hexdigest()[:16],
+                "image": r["png"], "caption": r["caption"], "captions": list(r["captions"]),
+                "class_label": r["class_label"], "source": "test", "file_name": f"{i}_{k}.png",
+                "sha256": hashlib.sha256(r["png"]).hexdigest(), "width": size, "height": size,
+                "planted_cluster": cluster,
+            })
+    return pd.DataFrame(out)
+
+
+@pytest.fixture
+def tiny_training_set() -> pd.DataFrame:
+    return make_training_set()
+
+
+@pytest.fixture
+def kedro_project(tmp_path, monkeypatch) -> Path:
+    """A copy of the project's conf + pyproject in a temp dir, so runs write their data/ and mlflow.db there."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
+    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    (project / "data").mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return project
+
+
+def run_kedro(project: Path, pipelines: list[str], params: dict | None = None, env: str = "base",
+              load_versions: dict | None = None):
+    """Run pipelines through a KedroSession in ``project``; returns the session's run outputs."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
+        return session.run(pipeline_names=pipelines, load_versions=load_versions or {})
