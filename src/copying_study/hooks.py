@@ -24,10 +24,13 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from copying_study.manifest import build_manifest, folder_checksum
+
 logger = logging.getLogger(__name__)
 
 EXPERIMENT_ENV = "COPYING_STUDY_EXPERIMENT"
 DEFAULT_EXPERIMENT = "copying_study"
+MANIFEST_DATASET = "run_manifest"
 
 
 def git_state(path: Path) -> dict[str, Any]:
@@ -153,6 +156,7 @@ class MlflowTrackingHooks:
         else:
             mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}")
         self._active = True
+        self.record["mlflow_run_id"] = mlflow.active_run().info.run_id
         tags = {
             "kedro.run_id": run_params["run_id"],
             "kedro.env": str(run_params.get("env")),
@@ -182,12 +186,28 @@ class MlflowTrackingHooks:
 
     @hook_impl
     def after_pipeline_run(self, run_params, run_result, pipeline, catalog):
+        self._write_manifest(catalog)
         self._finish("FINISHED")
 
     @hook_impl
     def on_pipeline_error(self, error, run_params, pipeline, catalog):
         self.record["error"] = f"{type(error).__name__}: {error}"
         self._finish("FAILED")
+
+    def _write_manifest(self, catalog) -> None:
+        """Save the run record as the versioned ``run_manifest`` dataset (when the catalog declares it)."""
+        manifest = build_manifest(self.record)
+        self.manifest = manifest
+        if MANIFEST_DATASET in catalog:
+            catalog.save(MANIFEST_DATASET, manifest)
+            ds = catalog.get(MANIFEST_DATASET)
+            self.record.setdefault("datasets_saved", {})[MANIFEST_DATASET] = dataset_version(ds, "save")
+            if self._active:
+                import mlflow
+
+                path = saved_path(ds)
+                if path is not None and path.exists():
+                    mlflow.log_artifact(str(path))
 
     def _finish(self, status: str) -> None:
         if not self._active:
@@ -218,6 +238,20 @@ class MlflowTrackingHooks:
         except Exception:  # noqa: BLE001
             return None
 
+    def _collect_weights(self, dataset_name: str, data: Any, ds: Any) -> None:
+        """Checksums of model weights: saved model folders, and what outputs report (``checksums`` / meta.weights)."""
+        weights = self.record.setdefault("weights", {})
+        if type(ds).__name__ == "DiffusersPipelineDataset":
+            path = saved_path(ds)
+            if path is not None and path.is_dir():
+                weights[dataset_name] = folder_checksum(path)["sha256"]
+        if isinstance(data, dict):
+            if isinstance(data.get("checksums"), dict):
+                weights.update({f"{dataset_name}.{k}": v for k, v in data["checksums"].items()})
+            meta = data.get("meta")
+            if isinstance(meta, dict) and meta.get("weights"):
+                weights[f"{dataset_name}.descriptor"] = meta["weights"]
+
     @hook_impl
     def after_dataset_loaded(self, dataset_name, data, node):
         ds = self._dataset(dataset_name)
@@ -229,6 +263,7 @@ class MlflowTrackingHooks:
         ds = self._dataset(dataset_name)
         if ds is not None:
             self.record.setdefault("datasets_saved", {})[dataset_name] = dataset_version(ds, "save")
+        self._collect_weights(dataset_name, data, ds)
         if not self._active:
             return
         import mlflow

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: a virtual environment in .venv with the CPU build of torch and the project.
+# GPU users: set TORCH_SPEC to the CUDA build you want, e.g.
+#   TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124" bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first: the CPU wheel (never a multi-GB CUDA build unless TORCH_SPEC asks for one) ...
+# shellcheck disable=SC2086
+.venv/bin/python -m pip install --quiet $TORCH_SPEC
+# ... then the project, whose torch requirement the installed build already satisfies.
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -c "import torch, diffusers, kedro, faiss, mlflow; print('set up: torch', torch.__version__, '| cuda', torch.cuda.is_available())"

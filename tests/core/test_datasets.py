@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+from kedro.io import DatasetError
+from kedro.io.core import Version
+
+from copying_study.datasets import DescriptorsDataset, DiffusersPipelineDataset
+
+
+def test_descriptors_dataset_versions_roundtrip(tmp_path):
+    path = str(tmp_path / "train_descriptors.npz")
+    emb = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    data = {"embeddings": emb, "image_ids": list("abcde"), "meta": {"name": "default", "preprocessing": {"s": 1}}}
+    DescriptorsDataset(path, version=Version(None, "v1")).save(data)
+    DescriptorsDataset(path, version=Version(None, "v2")).save({**data, "embeddings": emb * 2})
+    latest = DescriptorsDataset(path, version=Version(None, None)).load()
+    old = DescriptorsDataset(path, version=Version("v1", None)).load()
+    assert np.array_equal(old["embeddings"], emb) and np.array_equal(latest["embeddings"], emb * 2)
+    assert old["image_ids"] == list("abcde") and old["meta"] == {"name": "default", "preprocessing": {"s": 1},
+                                                                 "dim": 3}
+
+
+def test_descriptors_dataset_rejects_bad_shapes(tmp_path):
+    ds = DescriptorsDataset(str(tmp_path / "d.npz"))
+    with pytest.raises(DatasetError, match=r"\[N, d\]"):
+        ds.save({"embeddings": np.zeros((3, 2)), "image_ids": ["a"], "meta": {}})
+
+
+def test_diffusers_dataset_roundtrip(tmp_path):
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+    path = str(tmp_path / "model")
+    DiffusersPipelineDataset(path, version=Version(None, "v1")).save(pipe)
+    loaded = DiffusersPipelineDataset(path, version=Version(None, None)).load()
+    for (k, a), b in zip(unet.state_dict().items(), loaded.unet.state_dict().values()):
+        assert torch.equal(a, b), k
+    as_path = DiffusersPipelineDataset(path, version=Version(None, None), load_args={"as_path": True}).load()
+    assert as_path.endswith("v1/model")
+    with pytest.raises(DatasetError, match="save_pretrained"):
+        DiffusersPipelineDataset(str(tmp_path / "x"), version=Version(None, "v")).save(object())

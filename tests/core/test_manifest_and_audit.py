@@ -1,0 +1,68 @@
+import io
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from copying_study.audit import compare_frames, compare_json, compare_paths
+from copying_study.hooks import flatten, metrics_to_log
+from copying_study.manifest import find_seeds, folder_checksum, params_hash
+
+
+def test_flatten_and_metrics_normalisation():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+    out = metrics_to_log({"loss": [[0, 1.0], [1, 0.5]], "n": 3, "bad": float("nan"), "flag": True,
+                          "sub": {"x": 0.25}, "text": "no"})
+    assert out == {"loss": [(0, 1.0), (1, 0.5)], "n": [(0, 3.0)], "sub.x": [(0, 0.25)]}
+
+
+def test_seeds_and_param_hash():
+    params = {"seed": 1, "finetune": {"seed": 2, "sample_seed": 3, "lr": 0.1}, "study": {"seeds": [1, 2]}}
+    assert find_seeds(params) == {"seed": 1, "finetune.seed": 2, "finetune.sample_seed": 3, "study.seeds": [1, 2]}
+    assert params_hash({"a": 1, "b": 2}) == params_hash({"b": 2, "a": 1})
+    assert params_hash({"a": 1}) != params_hash({"a": 2})
+
+
+def test_folder_checksum_changes_with_content(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    first = folder_checksum(tmp_path)["sha256"]
+    (tmp_path / "a.txt").write_text("y")
+    assert folder_checksum(tmp_path)["sha256"] != first
+
+
+def test_compare_json_ignores_timings_and_finds_differences():
+    a = {"fid": 1.0, "seconds": 3.0, "nested": {"x": [1, 2]}}
+    assert compare_json(a, {"fid": 1.0, "seconds": 9.0, "nested": {"x": [1, 2]}}, 0.0) == []
+    assert compare_json(a, {"fid": 1.1, "seconds": 3.0, "nested": {"x": [1, 3]}}, 0.0) == [
+        "fid: 1.0 vs 1.1", "nested.x[1]: 2 vs 3"]
+    assert compare_json({"v": 1.0}, {"v": 1.0 + 1e-9}, 1e-6) == []
+
+
+def test_compare_frames_exact_and_tolerant():
+    a = pd.DataFrame({"s": [0.5, 0.25], "id": ["a", "b"], "l": [[1, 2], [3]]})
+    assert compare_frames(a, a.copy(), 0.0) == []
+    b = a.copy()
+    b.loc[1, "s"] = 0.2500001
+    assert compare_frames(a, b, 0.0) == ["column s: 1 rows differ"]
+    assert compare_frames(a, b, 1e-3) == []
+    c = a.copy()
+    c.at[0, "l"] = [1, 9]
+    assert compare_frames(a, c, 0.0) == ["column l: 1 rows differ (first row 0)"]
+
+
+def test_compare_paths_by_type(tmp_path):
+    def png(v):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((4, 4, 3), v, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(png(10))
+    (tmp_path / "b" / "x.png").write_bytes(png(10))
+    assert compare_paths(tmp_path / "a", tmp_path / "b", 0.0) == []
+    (tmp_path / "b" / "x.png").write_bytes(png(11))
+    assert compare_paths(tmp_path / "a", tmp_path / "b", 0.0) == ["x.png: pixels differ by up to 1"]
+    pd.DataFrame({"v": [1.0]}).to_parquet(tmp_path / "t1.parquet")
+    pd.DataFrame({"v": [2.0]}).to_parquet(tmp_path / "t2.parquet")
+    assert compare_paths(tmp_path / "t1.parquet", tmp_path / "t2.parquet", 0.0) == ["column v: 1 rows differ"]
