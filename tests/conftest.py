@@ -79,6 +79,7 @@ def kedro_project(tmp_path, monkeypatch) -> Path:
     shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
     (project / "data").mkdir()
+    (project / "src").mkdir()  # bootstrap_project checks the source dir exists
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return project

@@ -2,5 +2,6 @@
 
 from copying_study.datasets.descriptors_dataset import DescriptorsDataset
 from copying_study.datasets.diffusers_dataset import DiffusersPipelineDataset
+from copying_study.datasets.image_table import ImageTableDataset
 
-__all__ = ["DescriptorsDataset", "DiffusersPipelineDataset"]
+__all__ = ["DescriptorsDataset", "DiffusersPipelineDataset", "ImageTableDataset"]

@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes of ``image`` (lossless, deterministic for the same pixels)."""
+def encode_png(image: Image.Image, compress_level: int = 6) -> bytes:
+    """PNG bytes of ``image`` (lossless, deterministic for the same pixels and level; 1 = fastest, 9 = smallest)."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    image.save(buf, format="PNG", optimize=False, compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -1,0 +1,276 @@
+"""Ingest a source into the ``training_set`` table: validate, convert, resize, and count what was rejected.
+
+``ingest(params, seed)`` is the whole stage without Kedro (the ``ingest`` pipeline's node calls it). For the real
+sources it streams: the reader yields one undecoded item at a time, each image is decoded, converted to RGB
+(``utils.images.to_rgb``: palette/alpha over white, 16-bit scaled, CMYK via PIL), resized on its short edge and
+center-cropped to ``resolution``, re-encoded as PNG and appended to a temporary parquet file in chunks; the result is
+a :class:`~copying_study.data.table.ChunkedTable` that ``ImageTableDataset`` copies chunk by chunk into the catalog.
+Peak memory is one chunk of PNGs plus one decoded image, whatever the source size.
+
+Rejected items (see ``readers.REJECT_REASONS``) go to the rejects table with their reason; with
+``on_error: fail`` the first one raises :class:`IngestError` instead. A source that yields no image at all is an
+error naming the source, whatever ``on_error`` says.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from copying_study.data.embedded import NEAR_COPY_OPS, generate_embedded
+from copying_study.data.readers import READERS, REJECT_REASONS, Reject, open_reader
+from copying_study.data.table import (
+    ChunkedTable,
+    ChunkedTableWriter,
+    make_image_id,
+    rejects_frame,
+    sha256_hex,
+    training_schema,
+)
+from copying_study.utils.images import encode_png, resize_center_crop, to_rgb
+from copying_study.utils.progress import progress
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("embedded", *READERS)
+ON_ERROR = ("skip", "fail")
+LOGGED_REJECTS = 10  # individual WARNING lines before only the summary is logged
+
+DEFAULTS: dict[str, Any] = {
+    "source": "embedded",
+    "path": None,
+    "resolution": 32,
+    "on_error": "skip",
+    "chunk_rows": 256,
+    "embedded": {
+        "n_images": 240, "n_clusters": 8, "copies_per_cluster": 4, "n_captions": 5,
+        "exact_copies_per_cluster": 1, "complexity_weights": [1.0, 1.0, 1.0, 1.0],
+        "near_copy_ops": list(NEAR_COPY_OPS), "shuffle": True,
+    },
+    "imagefolder": {"caption_column": "text", "extra_caption_columns": "auto", "label_column": None},
+    "classfolders": {"captions_file": None},
+    "parquet": {"image_column": "image", "caption_column": "text", "extra_caption_columns": "auto",
+                "label_column": None, "key_column": None, "image_root": None},
+    "webdataset": {"caption_field": "caption"},
+}
+
+
+class IngestError(ValueError):
+    """A bad item under ``on_error: fail``, or a source that gave no images."""
+
+
+class ItemRejected(Exception):
+    """Raised by :func:`prepare_image` for an image that cannot be used."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class PreparedImage:
+    png: bytes
+    width: int
+    height: int
+    mode: str
+
+
+@dataclass
+class IngestResult:
+    """The three outputs of the stage: training table, rejects table, and counts (``ingest_metrics``)."""
+
+    table: ChunkedTable | pd.DataFrame
+    rejects: pd.DataFrame
+    metrics: dict[str, Any]
+
+
+def prepare_image(data: bytes, resolution: int) -> PreparedImage:
+    """Decode ``data``, convert to RGB, resize (short edge) + center-crop to ``resolution``, encode as PNG.
+
+    Raises :class:`ItemRejected` with reason ``truncated_image``, ``unreadable_image`` or ``unsupported_mode``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
+            img.load()
+            mode, (width, height) = img.mode, img.size
+            try:
+                rgb = to_rgb(img)
+            except Exception as exc:  # noqa: BLE001 - PIL raises many types for odd modes
+                raise ItemRejected("unsupported_mode", f"mode {mode} cannot be converted to RGB: {exc}") from exc
+    except ItemRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        text = f"{type(exc).__name__}: {exc}"
+        reason = "truncated_image" if "truncat" in text.lower() else "unreadable_image"
+        raise ItemRejected(reason, text) from exc
+    if width < 1 or height < 1:
+        raise ItemRejected("unreadable_image", f"image has no pixels ({width}x{height})")
+    return PreparedImage(encode_png(resize_center_crop(rgb, resolution)), width, height, mode)
+
+
+def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {[f'{prefix}.{k}' for k in unknown]}: allowed {sorted(defaults)}")
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(defaults[key], dict):
+            out[key] = _merge(defaults[key], value or {}, f"{prefix}.{key}")
+        else:
+            out[key] = value
+    return out
+
+
+def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``ingest`` parameters merged over :data:`DEFAULTS` and checked; ``ValueError`` names the bad key."""
+    p = _merge(DEFAULTS, dict(params or {}), "ingest")
+    if p["source"] not in SOURCES:
+        raise ValueError(f"ingest.source '{p['source']}' is unknown: allowed {', '.join(SOURCES)}")
+    if p["on_error"] not in ON_ERROR:
+        raise ValueError(f"ingest.on_error '{p['on_error']}' is unknown: allowed {', '.join(ON_ERROR)}")
+    if isinstance(p["resolution"], bool) or not isinstance(p["resolution"], int) or not 8 <= p["resolution"] <= 4096:
+        raise ValueError(f"ingest.resolution must be an integer in [8, 4096], got {p['resolution']!r}")
+    if isinstance(p["chunk_rows"], bool) or not isinstance(p["chunk_rows"], int) or p["chunk_rows"] < 1:
+        raise ValueError(f"ingest.chunk_rows must be a positive integer, got {p['chunk_rows']!r}")
+    if p["source"] == "embedded" and p["path"] not in (None, ""):
+        logger.warning("ingest.path '%s' is ignored: ingest.source is embedded (generated data)", p["path"])
+    if p["source"] != "embedded":
+        if p["path"] is None or str(p["path"]).strip() == "":
+            raise ValueError(f"ingest.path is required for ingest.source '{p['source']}'")
+        p["path"] = str(p["path"])
+        if not Path(p["path"]).expanduser().exists():
+            raise ValueError(f"ingest.path '{p['path']}' does not exist (ingest.source '{p['source']}')")
+    return p
+
+
+def ingest(params: Mapping[str, Any] | None, seed: int) -> IngestResult:
+    """Run the ingest stage on validated-or-raw ``params`` (the ``ingest:`` block) with the root ``seed``."""
+    p = validate_params(params)
+    if p["source"] == "embedded":
+        return ingest_embedded(p, seed)
+    return ingest_source(p["source"], p["path"], p["resolution"], p["on_error"], p[p["source"]], p["chunk_rows"])
+
+
+def ingest_embedded(p: Mapping[str, Any], seed: int) -> IngestResult:
+    """Generate the embedded study set (``p`` = validated ``ingest`` params)."""
+    start = time.perf_counter()
+    frame = generate_embedded(resolution=p["resolution"], seed=seed, **p["embedded"])
+    planted = frame["planted_cluster"]
+    metrics = _base_metrics("embedded", None, p["resolution"], p["on_error"], len(frame), Counter(),
+                            time.perf_counter() - start)
+    metrics.update({
+        "seed": int(seed),
+        "n_planted_clusters": int(planted[planted >= 0].nunique()),
+        "n_planted_images": int((planted >= 0).sum()),
+        "n_duplicate_bytes": int(frame["sha256"].duplicated().sum()),
+        "n_classes": int(frame["class_label"].nunique()),
+        "n_captions_per_image": float(frame["captions"].map(len).mean()),
+        "components": {"generator": "copying_study.data.embedded.generate_embedded"},
+    })
+    return IngestResult(frame, rejects_frame(), metrics)
+
+
+def ingest_source(source: str, path: str, resolution: int, on_error: str = "skip",
+                  options: Mapping[str, Any] | None = None, chunk_rows: int = 256) -> IngestResult:
+    """Stream a real source into a chunked training table; see the module docstring."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"ingest.on_error '{on_error}' is unknown: allowed {', '.join(ON_ERROR)}")
+    reader = open_reader(source, path, options)  # checks the source before any work
+    start = time.perf_counter()
+    table, table_path = ChunkedTable.temporary(batch_rows=chunk_rows)
+    rejects: list[dict[str, str]] = []
+    reasons: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
+    shas: set[str] = set()
+    labels: set[str] = set()
+    n_duplicates = n_uncaptioned = 0
+
+    def reject(item: Reject) -> None:
+        if on_error == "fail":
+            raise IngestError(f"ingest.source={source} at '{path}': {item.reason} for '{item.file_name}': "
+                              f"{item.detail} (ingest.on_error=fail; use skip to record it in ingest_rejects)")
+        reasons[item.reason] += 1
+        rejects.append({"source": source, "file_name": item.file_name, "reason": item.reason, "detail": item.detail})
+        if len(rejects) <= LOGGED_REJECTS:
+            logger.warning("ingest %s: skipped '%s': %s (%s)", source, item.file_name, item.reason, item.detail)
+
+    with ChunkedTableWriter(table_path, training_schema(False), chunk_rows) as writer:
+        for item in progress(reader, desc=f"ingest {source}", total=reader.total, unit="img"):
+            if isinstance(item, Reject):
+                reject(item)
+                continue
+            try:
+                prepared = prepare_image(item.data, resolution)
+            except ItemRejected as exc:
+                reject(Reject(item.file_name or item.key, exc.reason, exc.detail))
+                continue
+            sha = sha256_hex(item.data)
+            n_duplicates += sha in shas
+            shas.add(sha)
+            if prepared.mode != "RGB":
+                modes[prepared.mode] += 1
+            if item.class_label is not None:
+                labels.add(item.class_label)
+            n_uncaptioned += not item.captions
+            writer.append({
+                "image_id": make_image_id(source, item.key, sha),
+                "image": prepared.png,
+                "caption": item.captions[0] if item.captions else "",
+                "captions": list(item.captions),
+                "class_label": item.class_label,
+                "source": source,
+                "file_name": item.file_name,
+                "sha256": sha,
+                "width": prepared.width,
+                "height": prepared.height,
+            })
+    n_rows = writer.n_rows
+    if n_rows == 0:
+        raise IngestError(f"ingest.source={source} at '{path}' gave no images: all {len(rejects)} item(s) were "
+                          f"rejected ({dict(reasons)}); see the WARNING lines above")
+    if len(rejects) > LOGGED_REJECTS:
+        logger.warning("ingest %s: %d items skipped in all (%s); see ingest_rejects", source, len(rejects),
+                       dict(reasons))
+    if modes:
+        logger.info("ingest %s: converted to RGB from modes %s", source, dict(modes))
+    metrics = _base_metrics(source, path, resolution, on_error, n_rows, reasons, time.perf_counter() - start)
+    metrics.update({
+        "n_converted": int(sum(modes.values())),
+        "converted_modes": {m: int(c) for m, c in sorted(modes.items())},
+        "n_duplicate_bytes": int(n_duplicates),
+        "n_without_caption": int(n_uncaptioned),
+        "n_classes": len(labels),
+        "notes": dict(reader.notes),
+        "components": {"reader": type(reader).__name__, "options": dict(options or {})},
+    })
+    return IngestResult(table, rejects_frame(rejects), metrics)
+
+
+def _base_metrics(source: str, path: str | None, resolution: int, on_error: str, n_rows: int,
+                  reasons: Counter[str], seconds: float) -> dict[str, Any]:
+    n_rejected = int(sum(reasons.values()))
+    return {
+        "source": source,
+        "path": path,
+        "resolution": int(resolution),
+        "on_error": on_error,
+        "n_images": int(n_rows),
+        "n_rejected": n_rejected,
+        "n_items": int(n_rows) + n_rejected,
+        "rejected": {r: int(reasons.get(r, 0)) for r in REJECT_REASONS},
+        "seconds": round(float(seconds), 3),
+        "images_per_second": round(n_rows / seconds, 2) if seconds > 0 else None,
+    }
