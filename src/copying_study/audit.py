@@ -260,8 +260,7 @@ def run_audit(run_id: str, project: Path, go_on: bool = False, tolerance: float 
         session.run(pipeline_names=manifest.get("pipeline_names"), load_versions=load_versions)
         from copying_study.settings import HOOKS
 
-        new_record = HOOKS[0].record
-        catalog = session.load_context().catalog
+        new_record = HOOKS[0].record  # (the probe's catalog above resolves any version's path)
 
     checks: list[Check] = []
     new_saved = new_record.get("datasets_saved") or {}

@@ -114,7 +114,8 @@ class MlflowTrackingHooks:
         self.record = {
             "save_version": save_version,
             "load_versions_requested": dict(load_versions or {}),
-            "parameters": parameters,
+            # Kedro passes {"parameters": <all params>, "params:<key>": ...}: keep the resolved tree
+            "parameters": parameters.get("parameters", parameters) if isinstance(parameters, dict) else {},
             "datasets_loaded": {},
             "datasets_saved": {},
             "artifacts": [],
