@@ -1,0 +1,125 @@
+"""Self-join benchmark: all pairs with cosine >= threshold among N synthetic 512-d unit descriptors.
+
+Compares the project's exact search (``copying_study.search.threshold_pairs``: faiss IndexFlatIP, chunked kNN with
+growing k, memory O(N·k)) with the dense chunked torch matmul the paper's code uses (``sims = A @ B.T`` per block
+of rows, then a threshold), and reports time, peak RSS (each measurement in a fresh process), achieved GFLOP/s
+(2·N²·d flops: both methods compute every product) and its ratio to this machine's sgemm rate (numpy and torch
+``matmul`` of 4096×512 by 512×N, the same shape of work, best of 3).
+
+    python benchmarks/search_selfjoin.py                          # the full table: N = 10k, 50k, 200k
+    python benchmarks/search_selfjoin.py --sizes 2000,5000        # a quick check
+
+Threads: faiss and torch use all cores (set OMP_NUM_THREADS to pin); the sgemm rate is measured with the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DIM = 512
+
+
+def synthetic(n: int, seed: int = 0, dup_fraction: float = 0.02) -> np.ndarray:
+    """N unit vectors: random directions, plus ``dup_fraction`` of rows that are near copies of another row
+    (cosine ≈ 0.75–0.98), so the threshold graph has real edges."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, DIM), dtype=np.float32)
+    n_dup = int(n * dup_fraction)
+    src = rng.integers(0, n, n_dup)
+    dst = rng.choice(n, n_dup, replace=False)
+    noise = rng.uniform(0.2, 0.9, (n_dup, 1)).astype(np.float32)
+    x[dst] = x[src] + noise * rng.standard_normal((n_dup, DIM), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def project_exact(x: np.ndarray, threshold: float) -> int:
+    from copying_study.search import threshold_pairs
+
+    i, _, _ = threshold_pairs(x, threshold)
+    return int(i.size)
+
+
+def dense_torch(x: np.ndarray, threshold: float, block: int = 2048) -> int:
+    """The paper code's approach: dense similarity blocks with torch.mm, then a threshold (pairs i < j kept)."""
+    import torch
+
+    t = torch.from_numpy(x)
+    found = 0
+    for start in range(0, len(x), block):
+        sims = t[start : start + block] @ t.T
+        rows, cols = torch.nonzero(sims >= threshold, as_tuple=True)
+        found += int(((rows + start) < cols).sum())
+    return found
+
+
+def sgemm_rate(n: int) -> dict[str, float]:
+    """GFLOP/s of float32 matmul (4096×512)·(512×n) with numpy and torch, best of 3."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((4096, DIM), dtype=np.float32)
+    b = rng.standard_normal((min(n, 50000), DIM), dtype=np.float32)
+    out = {}
+    for name, mm in (("numpy", lambda: a @ b.T), ("torch", lambda: torch.from_numpy(a) @ torch.from_numpy(b).T)):
+        mm()
+        best = min(_timed(mm) for _ in range(3))
+        out[name] = 2 * a.shape[0] * b.shape[0] * DIM / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def worker(method: str, n: int, threshold: float) -> dict:
+    x = synthetic(n)
+    fn = {"project_exact": project_exact, "dense_torch": dense_torch}[method]
+    t0 = time.perf_counter()
+    pairs = fn(x, threshold)
+    seconds = time.perf_counter() - t0
+    return {"method": method, "n": n, "seconds": seconds, "pairs": pairs,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "gflops": 2.0 * n * n * DIM / seconds / 1e9}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,50000,200000")
+    parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--methods", default="project_exact,dense_torch")
+    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.threshold)))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rate = sgemm_rate(max(sizes))
+    peak = max(rate.values())
+    print(f"machine: {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+          f"sgemm 4096x{DIM} . {DIM}xN: numpy {rate['numpy']:.1f} GFLOP/s, torch {rate['torch']:.1f} GFLOP/s")
+    print(f"self-join at threshold {args.threshold}, d={DIM}, 2% planted near copies; peak RSS per fresh process")
+    header = f"{'N':>8} {'method':<15} {'seconds':>9} {'pairs':>9} {'peak RSS MB':>12} {'GFLOP/s':>9} {'% sgemm':>8}"
+    print(header)
+    print("-" * len(header))
+    for n in sizes:
+        for method in args.methods.split(","):
+            proc = subprocess.run([sys.executable, __file__, "--worker", method, str(n), "--threshold",
+                                   str(args.threshold)], capture_output=True, text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{n:>8} {method:<15} {r['seconds']:>9.2f} {r['pairs']:>9} {r['peak_rss_mb']:>12.0f} "
+                  f"{r['gflops']:>9.1f} {100 * r['gflops'] / peak:>7.0f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Duplicate clusters of a training table and the pre-training mitigations (framework-free; no Kedro imports).
+
+* ``validate_params``: the ``dedup`` parameters, checked, with defaults filled in;
+* ``cluster_table``: one row per image (``image_id``, ``cluster_id``, ``cluster_size``, ...) from the threshold graph;
+* ``summarise``: one row per cluster of two or more images, with the paper's caption similarity;
+* ``mitigate``: ``none`` | ``collapse`` | ``resample_captions`` on the reportable clusters;
+* ``pair_scores``: pair precision / recall of the clusters against a ground-truth labelling (``planted_cluster``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from copying_study.data.captions import alternatives
+from copying_study.metrics.caption_similarity import caption_similarity, load_text_encoder
+from copying_study.search import (
+    INDEX_KINDS,
+    check_threshold,
+    cluster_sizes,
+    connected_clusters,
+    threshold_pairs,
+)
+from copying_study.utils.seeding import numpy_rng, python_rng
+
+MITIGATIONS = ("none", "collapse", "resample_captions")
+DEFAULTS: dict[str, Any] = {
+    "descriptor": {"name": "default"},
+    "threshold": 0.9,
+    "search": {"index": "flat", "nlist": None, "nprobe": 16, "k_start": 32, "max_neighbors": 2048,
+               "chunk_size": 8192},
+    "min_cluster_size": 3,
+    "caption_model": None,
+    "max_caption_pairs": 1000,
+    "n_example_ids": 5,
+    "mitigation": "none",
+    "gallery": {"n_clusters": 8, "n_images": 8},
+}
+
+
+def validate_params(dedup: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``dedup`` merged over ``DEFAULTS`` and checked; ``ValueError`` names the bad key and the allowed values."""
+    params = copy.deepcopy(DEFAULTS)
+    for key, value in dict(dedup or {}).items():
+        if key not in DEFAULTS:
+            raise ValueError(f"unknown parameter dedup.{key}: allowed keys are {', '.join(DEFAULTS)}")
+        if isinstance(DEFAULTS[key], dict):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"dedup.{key} must be a mapping, got {value!r}")
+            if key != "descriptor":
+                unknown = sorted(set(value) - set(DEFAULTS[key]))
+                if unknown:
+                    raise ValueError(f"unknown dedup.{key} keys {unknown}: allowed {', '.join(DEFAULTS[key])}")
+            params[key] = {**params[key], **dict(value)} if key != "descriptor" else dict(value)
+        else:
+            params[key] = value
+    try:
+        params["threshold"] = check_threshold(params["threshold"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dedup.threshold: {exc}") from None
+    if params["mitigation"] not in MITIGATIONS:
+        raise ValueError(f"dedup.mitigation '{params['mitigation']}' is not one of {', '.join(MITIGATIONS)}")
+    if params["search"]["index"] not in INDEX_KINDS:
+        raise ValueError(f"dedup.search.index '{params['search']['index']}' is not one of {', '.join(INDEX_KINDS)}")
+    for key in ("min_cluster_size", "max_caption_pairs", "n_example_ids"):
+        if not isinstance(params[key], int) or params[key] < 1:
+            raise ValueError(f"dedup.{key} must be an integer >= 1, got {params[key]!r}")
+    for key in ("n_clusters", "n_images"):
+        if not isinstance(params["gallery"][key], int) or params["gallery"][key] < 1:
+            raise ValueError(f"dedup.gallery.{key} must be an integer >= 1, got {params['gallery'][key]!r}")
+    return params
+
+
+def check_table(table: pd.DataFrame, columns: tuple[str, ...], what: str = "training_set") -> None:
+    """``ValueError`` when ``table`` is empty, lacks ``columns`` or has repeated ``image_id`` values."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks the column(s) {missing}")
+    if len(table) == 0:
+        raise ValueError(f"{what} is empty: there is nothing to deduplicate")
+    if table["image_id"].duplicated().any():
+        dup = table.loc[table["image_id"].duplicated(), "image_id"].iloc[0]
+        raise ValueError(f"{what} has repeated image_id values (e.g. '{dup}')")
+
+
+def find_clusters(
+    embeddings: np.ndarray, image_ids: list[str], params: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """The threshold graph of ``embeddings`` at ``params['threshold']`` and its connected components, one row per
+    image in input order: ``image_id``, ``cluster_id`` (0 = largest cluster; every singleton its own id),
+    ``cluster_size``, ``n_neighbors`` (graph degree), ``max_similarity`` (best edge, NaN for singletons),
+    ``reportable`` (size >= min_cluster_size)."""
+    search = params["search"]
+    i, j, s = threshold_pairs(
+        embeddings, params["threshold"], kind=search["index"], meta=meta, k_start=search["k_start"],
+        max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"],
+        **({"nlist": search["nlist"], "nprobe": search["nprobe"]} if search["index"] == "ivf" else {}),
+    )
+    n = len(image_ids)
+    labels = connected_clusters(n, i, j)
+    sizes = cluster_sizes(labels)
+    degree = np.bincount(np.concatenate([i, j]), minlength=n) if i.size else np.zeros(n, np.int64)
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, i, s)
+    np.maximum.at(best, j, s)
+    return pd.DataFrame({
+        "image_id": [str(x) for x in image_ids],
+        "cluster_id": labels,
+        "cluster_size": sizes,
+        "n_neighbors": degree.astype(np.int64),
+        "max_similarity": np.where(np.isfinite(best), best, np.nan).astype(np.float64),
+        "reportable": sizes >= int(params["min_cluster_size"]),
+    })
+
+
+def summarise(
+    clusters: pd.DataFrame, training_set: pd.DataFrame, params: Mapping[str, Any], seed: int, device: Any = "cpu"
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per cluster with two or more images, largest first: ``cluster_id``, ``size``, ``reportable``,
+    ``caption_similarity`` (paper §5.1), ``caption_pairs``, ``caption_similarity_method``, ``example_ids``,
+    ``n_distinct_captions``. Also returns the text model's meta."""
+    caption_of = dict(zip(training_set["image_id"].astype(str), training_set["caption"].astype(str), strict=True))
+    multi = clusters[clusters["cluster_size"] >= 2]
+    encoder = None
+    rows = []
+    for cid, members in multi.groupby("cluster_id", sort=True):
+        if encoder is None:
+            encoder = load_text_encoder(params["caption_model"], list(caption_of.values()), device)
+        captions = [caption_of[i] for i in members["image_id"]]
+        sim, n_pairs = caption_similarity(captions, encoder, params["max_caption_pairs"],
+                                          numpy_rng(seed, "dedup", "caption_pairs", int(cid)))
+        rows.append({
+            "cluster_id": int(cid),
+            "size": len(members),
+            "reportable": bool(len(members) >= params["min_cluster_size"]),
+            "caption_similarity": sim,
+            "caption_pairs": n_pairs,
+            "caption_similarity_method": encoder.method,
+            "n_distinct_captions": len(set(captions)),
+            "example_ids": list(members["image_id"].iloc[: params["n_example_ids"]]),
+        })
+    columns = ["cluster_id", "size", "reportable", "caption_similarity", "caption_pairs",
+               "caption_similarity_method", "n_distinct_captions", "example_ids"]
+    summary = pd.DataFrame(rows, columns=columns)
+    summary = summary.astype({"cluster_id": "int64", "size": "int64", "reportable": "bool",
+                              "caption_similarity": "float64", "caption_pairs": "int64",
+                              "n_distinct_captions": "int64"})
+    return summary, (encoder.meta() if encoder is not None else {"method": None})
+
+
+def mitigate(training_set: pd.DataFrame, clusters: pd.DataFrame, params: Mapping[str, Any], seed: int
+             ) -> pd.DataFrame:
+    """The training set after ``params['mitigation']`` on the reportable clusters, with ``cluster_id``,
+    ``cluster_size`` and ``dedup_mitigation`` columns added:
+
+    * ``none``: every row as is;
+    * ``collapse``: one image per reportable cluster (its first row in training-set order) — the paper's
+      "collapse clusters" before training;
+    * ``resample_captions``: every image kept, and the members of a reportable cluster get different captions from
+      their alternatives where there are enough (seeded), the paper's "partial duplication"; the previous caption
+      is kept in ``original_caption``.
+    """
+    if list(clusters["image_id"]) != list(training_set["image_id"].astype(str)):
+        raise ValueError("duplicate_clusters and training_set list different images (or another order): were they "
+                         "made from the same training_set version?")
+    out = training_set.reset_index(drop=True).copy()
+    out["cluster_id"] = clusters["cluster_id"].to_numpy()
+    out["cluster_size"] = clusters["cluster_size"].to_numpy()
+    out["dedup_mitigation"] = params["mitigation"]
+    reportable = clusters["reportable"].to_numpy()
+    if params["mitigation"] == "collapse":
+        first = ~pd.Series(out["cluster_id"]).duplicated().to_numpy()
+        return out[~reportable | first].reset_index(drop=True)
+    if params["mitigation"] == "resample_captions":
+        out["original_caption"] = out["caption"]
+        captions = out["caption"].tolist()
+        for cid, rows in out[reportable].groupby("cluster_id", sort=True).groups.items():
+            rng = python_rng(seed, "dedup", "resample_captions", int(cid))
+            used: dict[str, int] = {}
+            order = list(rows)
+            rng.shuffle(order)
+            for r in order:
+                options = alternatives(out.loc[r].to_dict())
+                fewest = min(used.get(c, 0) for c in options)
+                pick = rng.choice([c for c in options if used.get(c, 0) == fewest])
+                used[pick] = used.get(pick, 0) + 1
+                captions[r] = pick
+        out["caption"] = captions
+    return out
+
+
+def pair_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Pair precision / recall / F1 of a clustering against ground truth (``truth < 0`` = in no true cluster):
+    a pair is predicted when both images share a predicted cluster, true when they share a true cluster."""
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+
+    def n_pairs(counts: np.ndarray) -> int:
+        return int((counts * (counts - 1) // 2).sum())
+
+    frame = pd.DataFrame({"p": predicted, "t": truth})
+    pred = n_pairs(frame.groupby("p").size().to_numpy())
+    planted = frame[frame["t"] >= 0]
+    true = n_pairs(planted.groupby("t").size().to_numpy())
+    both = n_pairs(planted.groupby(["p", "t"]).size().to_numpy())
+    precision = both / pred if pred else 1.0
+    recall = both / true if true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"pair_precision": precision, "pair_recall": recall, "pair_f1": f1,
+            "predicted_pairs": float(pred), "true_pairs": float(true)}
