@@ -1,0 +1,1 @@
+"""Metrics: replication statistics, FID, CLIPScore, caption similarity, image complexity and correlations."""
