@@ -270,9 +270,11 @@ class MlflowTrackingHooks:
         import mlflow
 
         if dataset_name.split(".")[-1].endswith("_metrics") and isinstance(data, dict):
+            # a namespaced output (a study cell, ``cell.finetune_metrics``) logs ``cell.<metric>``
+            prefix = dataset_name.rsplit(".", 1)[0] + "." if "." in dataset_name else ""
             for key, history in metrics_to_log(data).items():
                 for step, value in history:
-                    mlflow.log_metric(key[:250], value, step=step)
+                    mlflow.log_metric(f"{prefix}{key}"[:250], value, step=step)
         meta = (getattr(ds, "metadata", None) or {}).get("copying_study", {}) if ds is not None else {}
         if meta.get("mlflow_artifact"):
             path = saved_path(ds)
