@@ -1,0 +1,194 @@
+"""Copy guard: rejection sampling against the training set (paper §8, "after training").
+
+Each generated batch is scored against the training descriptors with the descriptor that produced them: an image
+whose top-1 similarity is at or above ``threshold`` is regenerated with a mitigation and a new seed derived from
+its first seed (``derive_seed(seed, "guard", try)``), up to ``max_tries`` times. The attempt with the lowest score
+is kept; every attempt's score is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from copying_study.data.captions import INFERENCE_MITIGATIONS, check_choice
+from copying_study.diffusion.sample import ImageRequest, MitigationSettings, mitigate
+from copying_study.search import build_index, knn
+from copying_study.utils.progress import progress
+from copying_study.utils.seeding import derive_seed
+
+logger = logging.getLogger(__name__)
+
+
+class BatchSampler(Protocol):
+    """Anything that turns a batch of requests into images (``sample.Sampler`` or a test double)."""
+
+    batch_size: int
+
+    def generate_batch(self, requests: Sequence[ImageRequest]) -> list[Image.Image]: ...
+
+
+class ImageEncoder(Protocol):
+    """A copy-detection descriptor (``copying_study.descriptors``): images -> L2-normalised float32 rows."""
+
+    def encode(self, images: Sequence[Image.Image], desc: str | None = None) -> np.ndarray: ...
+
+    def meta(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """``enabled``; ``threshold`` on top-1 similarity; ``max_tries`` regenerations; ``mitigation`` for them."""
+
+    enabled: bool = False
+    threshold: float = 0.5
+    max_tries: int = 3
+    mitigation: str = "rt"
+
+    def __post_init__(self) -> None:
+        check_choice(self.mitigation, INFERENCE_MITIGATIONS, "copy_guard.mitigation")
+        if self.max_tries < 1:
+            raise ValueError(f"copy_guard.max_tries must be >= 1, got {self.max_tries}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"copy_guard.threshold must be a cosine similarity in [-1, 1], got {self.threshold}")
+
+
+class CopyIndex:
+    """Training descriptors plus the descriptor that made them: ``top1(images)`` -> (scores, matched ids).
+
+    The training vectors go into an exact inner-product index once (``copying_study.search``); ``meta`` (the
+    ``train_descriptors`` meta) is checked against the queries' descriptor on every search.
+    """
+
+    def __init__(
+        self,
+        descriptor: ImageEncoder,
+        embeddings: np.ndarray,
+        image_ids: Sequence[str],
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        if len(image_ids) != len(embeddings):
+            raise ValueError(f"copy guard: {len(embeddings)} training descriptors but {len(image_ids)} image ids")
+        self.descriptor = descriptor
+        self.index = build_index(embeddings, kind="flat", meta=meta)
+        self.image_ids = [str(i) for i in image_ids]
+
+    def top1(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str]]:
+        """Top-1 cosine similarity of each image to the training set, and the id of that training image."""
+        queries = self.descriptor.encode(list(images), desc="copy guard")
+        scores, idx = knn(queries, self.index, k=1, queries_meta=self.descriptor.meta())
+        return scores[:, 0].astype(np.float64), [self.image_ids[int(i)] for i in idx[:, 0]]
+
+
+@dataclass
+class Generation:
+    """One finished image: the request it was made from, its mitigation, and the guard's record."""
+
+    image: Image.Image
+    request: ImageRequest
+    mitigation: str
+    first_seed: int
+    guard_tries: int = 0
+    guard_scores: list[float] = field(default_factory=list)
+    match_image_id: str | None = None
+
+    @property
+    def guard_score(self) -> float:
+        """The kept attempt's top-1 similarity (NaN when the guard is off)."""
+        return min(self.guard_scores) if self.guard_scores else float("nan")
+
+
+def generate_guarded(
+    sampler: BatchSampler,
+    originals: Sequence[str],
+    requests: Sequence[ImageRequest],
+    mitigation: str,
+    *,
+    guard: GuardSettings,
+    index: CopyIndex | None = None,
+    strengths: MitigationSettings | None = None,
+    vocab: Sequence[str] = (),
+) -> list[Generation]:
+    """Generate ``requests`` (made from ``originals`` under ``mitigation``) batch by batch; with the guard on,
+    regenerate every image scoring ``>= guard.threshold`` with ``guard.mitigation`` (strengths from ``strengths``)
+    until it passes or ``guard.max_tries`` regenerations are spent, keeping the lowest-scoring attempt."""
+    if len(originals) != len(requests):
+        raise ValueError("one original prompt is needed per request")
+    if guard.enabled and index is None:
+        raise ValueError("copy guard is enabled but no training descriptor index was given")
+    retry = replace(strengths or MitigationSettings(), name=guard.mitigation)
+    out: list[Generation] = []
+    starts = range(0, len(requests), sampler.batch_size)
+    for start in progress(starts, desc="generate", total=len(starts), unit="batch"):
+        batch = list(requests[start:start + sampler.batch_size])
+        images = sampler.generate_batch(batch)
+        gens = [Generation(img, req, mitigation, req.seed) for img, req in zip(images, batch, strict=True)]
+        if guard.enabled:
+            _guard_batch(sampler, gens, list(originals[start:start + sampler.batch_size]), guard, index, retry, vocab)
+        out.extend(gens)
+    return out
+
+
+def _guard_batch(
+    sampler: BatchSampler,
+    gens: list[Generation],
+    originals: list[str],
+    guard: GuardSettings,
+    index: CopyIndex,
+    retry: MitigationSettings,
+    vocab: Sequence[str],
+) -> None:
+    """Score one batch and regenerate its flagged images in place (all flagged images of a try in one batch)."""
+    scores, matches = index.top1([g.image for g in gens])
+    best = list(scores)
+    for g, s, m in zip(gens, scores, matches, strict=True):
+        g.guard_scores.append(float(s))
+        g.match_image_id = m
+    pending = [i for i, s in enumerate(scores) if s >= guard.threshold]
+    if pending:
+        logger.info("copy guard caught %d of %d images (threshold %.3f)", len(pending), len(gens), guard.threshold)
+    for attempt in range(1, guard.max_tries + 1):
+        if not pending:
+            break
+        reqs = [mitigate(originals[i], derive_seed(gens[i].first_seed, "guard", attempt), retry, vocab) for i in pending]
+        images = sampler.generate_batch(reqs)
+        scores, matches = index.top1(images)
+        still = []
+        for i, req, img, s, m in zip(pending, reqs, images, scores, matches, strict=True):
+            g = gens[i]
+            g.guard_tries = attempt
+            g.guard_scores.append(float(s))
+            if s < best[i]:
+                best[i] = float(s)
+                g.image, g.request, g.mitigation, g.match_image_id = img, req, retry.name, m
+            if s >= guard.threshold:
+                still.append(i)
+        pending = still
+    if pending:
+        logger.warning(
+            "copy guard: %d image(s) stayed at or above %.3f after %d tries; kept their lowest-scoring attempt",
+            len(pending), guard.threshold, guard.max_tries,
+        )
+
+
+def guard_metrics(gens: Sequence[Generation], guard: GuardSettings) -> dict[str, Any]:
+    """Counts for ``generate_metrics``: images caught, replaced (now below threshold), still above, tries."""
+    if not guard.enabled:
+        return {"guard_enabled": 0.0}
+    caught = [g for g in gens if g.guard_tries > 0]
+    replaced = [g for g in caught if g.guard_score < guard.threshold]
+    return {
+        "guard_enabled": 1.0,
+        "guard_caught": float(len(caught)),
+        "guard_replaced": float(len(replaced)),
+        "guard_unresolved": float(len(caught) - len(replaced)),
+        "guard_regenerations": float(sum(g.guard_tries for g in gens)),
+        "guard_caught_fraction": len(caught) / len(gens) if gens else 0.0,
+        "guard_final_score_mean": float(np.mean([g.guard_score for g in gens])) if gens else float("nan"),
+        "guard_final_score_max": float(np.max([g.guard_score for g in gens])) if gens else float("nan"),
+    }

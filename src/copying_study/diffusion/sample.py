@@ -1,0 +1,377 @@
+"""Batched, seeded text-to-image sampling with inference-time mitigations (paper §4 and §7).
+
+One sampler serves the tiny in-code models and Stable Diffusion alike: it drives the pipeline's components
+(tokenizer + text encoder, UNet, VAE, scheduler) directly instead of calling ``pipeline.__call__`` once per prompt.
+
+* Text is encoded a batch at a time; classifier-free guidance runs one UNet call on ``[uncond; cond]``.
+* Every image carries its own seed: its initial noise, the noise of stochastic schedulers (DDPM, Euler-ancestral)
+  and its Gaussian-noise mitigation are drawn from generators seeded by that image's seed alone, so the batch an
+  image lands in never changes it (same parameters + seeds -> identical images on CPU, whatever the batch size).
+* Inference-time mitigations (``none | gn | rt | cwr | rna | rc``) act per image and are seeded by the image's
+  seed: ``rt/cwr/rna/rc`` rewrite the prompt (``copying_study.data.captions.perturb_caption``), ``gn`` adds
+  ``lambda * N(0, I)`` to the *conditional* text embedding (and to the unconditional one only when ``gn_uncond``
+  is set, as the paper's code did).
+* On CUDA the models run in bf16 (or fp16) with PyTorch's scaled-dot-product attention.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from copying_study.data.captions import INFERENCE_MITIGATIONS, base_caption, check_choice, perturb_caption
+from copying_study.diffusion.models import add_embedding_noise, encode_prompts
+from copying_study.utils.device import describe_device
+from copying_study.utils.progress import progress
+from copying_study.utils.seeding import derive_seed, numpy_rng, python_rng, torch_generator
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TEXT_MITIGATIONS = ("rt", "cwr", "rna", "rc")
+PROMPT_SOURCES = ("training", "file", "class")
+PROMPT_FILE_TYPES = (".txt", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt before any mitigation, and the training image whose caption it is (``None`` if none)."""
+
+    text: str
+    source_image_id: str | None = None
+
+
+def training_prompts(captions: Mapping[str, str], n: int, seed: int) -> list[Prompt]:
+    """``n`` training captions drawn uniformly with replacement (as the paper's ``np.random.choice``), seeded;
+    ``captions`` maps image id -> the caption the model was trained with."""
+    if not captions:
+        raise ValueError("prompts 'training' needs the training record's captions; the record has none")
+    ids = sorted(captions)
+    picks = numpy_rng(seed, "generate", "prompts", "training").choice(len(ids), size=n, replace=True)
+    return [Prompt(str(captions[ids[i]]), ids[i]) for i in picks]
+
+
+def read_prompts_file(path: str | Path, column: str = "prompt") -> list[str]:
+    """Prompts from a file: ``.txt`` (one per line), ``.csv`` or ``.parquet`` (column ``column``, e.g. the
+    DiffusionDB metadata). Blank prompts are dropped; an empty result is an error."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompts file {path} does not exist")
+    suffix = path.suffix.lower()
+    check_choice(suffix, PROMPT_FILE_TYPES, "prompts file type")
+    if suffix == ".txt":
+        texts = path.read_text(encoding="utf-8").splitlines()
+    else:
+        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+        if column not in frame.columns:
+            raise ValueError(f"prompts file {path} has no column '{column}' (columns: {', '.join(frame.columns)})")
+        texts = frame[column].dropna().astype(str).tolist()
+    prompts = [t.strip() for t in texts if t.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} contains no prompts")
+    return prompts
+
+
+def file_prompts(prompts: Sequence[str], n: int, seed: int) -> list[Prompt]:
+    """``n`` prompts sampled without replacement (seeded), or with replacement when the file has fewer."""
+    replace = n > len(prompts)
+    if replace:
+        logger.warning("the prompts file has %d prompts for %d needed: sampling with replacement", len(prompts), n)
+    picks = numpy_rng(seed, "generate", "prompts", "file").choice(len(prompts), size=n, replace=replace)
+    return [Prompt(prompts[i]) for i in picks]
+
+
+def class_prompts(class_names: Sequence[str], n: int, seed: int) -> list[Prompt]:
+    """``n`` class prompts "An image of <class>" for classes drawn uniformly with replacement (seeded)."""
+    names = sorted({str(c) for c in class_names if c is not None and str(c).strip()})
+    if not names:
+        raise ValueError("prompts 'class' needs class names (generate.class_names or class labels in the data)")
+    picks = numpy_rng(seed, "generate", "prompts", "class").choice(len(names), size=n, replace=True)
+    return [Prompt(base_caption({"class_label": names[i]}, "class")) for i in picks]
+
+
+def image_seeds(seed: int, n_images: int) -> list[int]:
+    """One recorded seed per image, derived from the run's seed and the image's index."""
+    return [derive_seed(seed, "generate", "image", i) for i in range(n_images)]
+
+
+def expand_prompts(prompts: Sequence[Prompt], n_images: int, images_per_prompt: int) -> list[Prompt]:
+    """Each prompt repeated ``images_per_prompt`` times, cut to ``n_images``."""
+    if n_images < 1 or images_per_prompt < 1:
+        raise ValueError(f"n_images and images_per_prompt must be >= 1, got {n_images} and {images_per_prompt}")
+    if len(prompts) < math.ceil(n_images / images_per_prompt):
+        raise ValueError("too few prompts for n_images / images_per_prompt")
+    return [prompts[i // images_per_prompt] for i in range(n_images)]
+
+
+@dataclass(frozen=True)
+class MitigationSettings:
+    """One inference-time mitigation and its strengths (paper §7).
+
+    ``p``: probability that a text mitigation changes a prompt; ``n``: words/numbers added or replaced by
+    ``rt``/``cwr``/``rna``; ``rc_words``: length of an ``rc`` random caption; ``rna_high``: ``rna`` draws integers in
+    ``[0, rna_high]``; ``gn_lambda``: scale of the Gaussian noise of ``gn``; ``gn_uncond``: also noise the
+    unconditional embedding.
+    """
+
+    name: str = "none"
+    p: float = 1.0
+    n: int = 2
+    rc_words: int = 4
+    rna_high: int = 10**6
+    gn_lambda: float = 0.1
+    gn_uncond: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, INFERENCE_MITIGATIONS, "mitigation")
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"mitigation p must be in [0, 1], got {self.p}")
+        if self.n < 1 or self.rc_words < 1 or self.rna_high < 0:
+            raise ValueError("mitigation n and rc_words must be >= 1 and rna_high >= 0")
+        if self.gn_lambda < 0:
+            raise ValueError(f"mitigation gn_lambda must be >= 0, got {self.gn_lambda}")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """What one image is generated from: the prompt fed to the text encoder, its seed, and embedding noise."""
+
+    prompt: str
+    seed: int
+    gn_lambda: float = 0.0
+    gn_uncond: bool = False
+
+
+def mitigate(
+    original_prompt: str, seed: int, settings: MitigationSettings, vocab: Sequence[str] = ()
+) -> ImageRequest:
+    """The request for one image under ``settings``; every random choice derives from the image's ``seed``."""
+    if settings.name in TEXT_MITIGATIONS:
+        rng = python_rng(seed, "mitigation", settings.name)
+        prompt = perturb_caption(
+            original_prompt, settings.name, rng, vocab=vocab, p=settings.p, n=settings.n,
+            rc_words=settings.rc_words, rna_high=settings.rna_high,
+        )
+        return ImageRequest(prompt=prompt, seed=seed)
+    if settings.name == "gn":
+        return ImageRequest(original_prompt, seed, gn_lambda=settings.gn_lambda, gn_uncond=settings.gn_uncond)
+    return ImageRequest(original_prompt, seed)
+
+
+def make_scheduler(name: str, config: Any):
+    """A fresh scheduler of the named kind (``SCHEDULERS``) built from the model's scheduler config."""
+    import diffusers
+
+    check_choice(name, tuple(SCHEDULERS), "scheduler")
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` = bf16 on CUDA (fp16 where bf16 is unsupported), float32 elsewhere; or a name of ``DTYPES``."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    check_choice(name, ("auto", *DTYPES), "dtype")
+    return DTYPES[name]
+
+
+def vae_scale_factor(pipe: Any) -> int:
+    """Pixels per latent cell: the pipeline's own value, else 2^(VAE blocks - 1)."""
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if factor:
+        return int(factor)
+    blocks = getattr(pipe.vae.config, "block_out_channels", None)
+    return 2 ** (len(blocks) - 1) if blocks else 1
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """Decoder output in [-1, 1], [B, 3, H, W] -> RGB PIL images (rounded as diffusers does)."""
+    arr = (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(x) for x in (arr * 255).round().astype(np.uint8)]
+
+
+class Sampler:
+    """Batched classifier-free-guidance sampler over a diffusers text-to-image pipeline's components.
+
+    ``pipe`` needs ``tokenizer``, ``text_encoder``, ``unet``, ``vae`` (``decode(z).sample`` and
+    ``config.scaling_factor``) and ``scheduler``. The components are moved to ``device`` in ``dtype``.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        device: torch.device,
+        scheduler: str = "ddim",
+        steps: int = 50,
+        guidance: float = 7.5,
+        resolution: int | None = None,
+        batch_size: int = 8,
+        eta: float = 0.0,
+        dtype: str = "auto",
+    ) -> None:
+        for part in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):
+            if getattr(pipe, part, None) is None:
+                raise ValueError(f"the model has no {part}: a text-to-image diffusers pipeline is needed")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.pipe = pipe
+        self.device = device
+        self.dtype = resolve_dtype(dtype, device)
+        self.scheduler_name = scheduler
+        self.scheduler_config = pipe.scheduler.config
+        make_scheduler(scheduler, self.scheduler_config)  # fail early on a bad name
+        self.steps = int(steps)
+        self.guidance = float(guidance)
+        self.eta = float(eta)
+        self.batch_size = int(batch_size)
+        self.scale = vae_scale_factor(pipe)
+        self.resolution = int(resolution or pipe.unet.config.sample_size * self.scale)
+        if self.resolution % self.scale:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of the VAE factor {self.scale}")
+        # a VAE that asks for it (SD's, whose fp16 decode overflows) decodes in float32, as diffusers does
+        self.vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else self.dtype
+        for module, dtype_ in ((pipe.text_encoder, self.dtype), (pipe.unet, self.dtype), (pipe.vae, self.vae_dtype)):
+            module.to(device) if module.dtype == dtype_ else module.to(device=device, dtype=dtype_)
+            module.eval()
+        self._uncond: torch.Tensor | None = None
+
+    @property
+    def cfg(self) -> bool:
+        """Classifier-free guidance is on for guidance scales above 1 (as in diffusers)."""
+        return self.guidance > 1.0
+
+    def info(self) -> dict[str, Any]:
+        """Run-level settings, for the records of every output."""
+        attn = sorted({type(p).__name__ for p in getattr(self.pipe.unet, "attn_processors", {}).values()})
+        return {
+            "scheduler": self.scheduler_name,
+            "scheduler_class": SCHEDULERS[self.scheduler_name],
+            "prediction_type": self.scheduler_config.get("prediction_type", "epsilon"),
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "eta": self.eta,
+            "resolution": self.resolution,
+            "batch_size": self.batch_size,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "vae_dtype": str(self.vae_dtype).replace("torch.", ""),
+            "device": describe_device(self.device),
+            "attention": ",".join(attn),
+        }
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings [B, L, D] of ``prompts`` in the model's dtype."""
+        return encode_prompts(self.pipe, list(prompts), self.device).to(self.dtype)
+
+    def _uncond_embedding(self) -> torch.Tensor:
+        if self._uncond is None:
+            self._uncond = self.encode([""])
+        return self._uncond
+
+    @staticmethod
+    def _noised(emb: torch.Tensor, requests: Sequence[ImageRequest], purpose: str) -> torch.Tensor:
+        """Add each request's Gaussian noise to its row; drawn on CPU in float32 from the image's own seed."""
+        if not any(r.gn_lambda > 0 for r in requests):
+            return emb
+        rows = []
+        for row, r in zip(emb, requests, strict=True):
+            if r.gn_lambda > 0:
+                gen = torch_generator(derive_seed(r.seed, "gn", purpose))
+                row = add_embedding_noise(row[None].float().cpu(), r.gn_lambda, gen)[0].to(emb)
+            rows.append(row)
+        return torch.stack(rows)
+
+    def conditioning(self, requests: Sequence[ImageRequest]) -> torch.Tensor:
+        """The ``encoder_hidden_states`` fed to the UNet: ``[uncond; cond]`` with CFG, else ``cond``."""
+        cond = self._noised(self.encode([r.prompt for r in requests]), requests, "cond")
+        if not self.cfg:
+            return cond
+        uncond = self._uncond_embedding().expand(len(requests), -1, -1)
+        noisy_uncond = [r if r.gn_uncond else ImageRequest(r.prompt, r.seed) for r in requests]
+        uncond = self._noised(uncond, noisy_uncond, "uncond")
+        return torch.cat([uncond, cond])
+
+    def initial_latents(self, requests: Sequence[ImageRequest]) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """Per-image initial noise drawn on CPU in float32 from each image's seed, plus the generators (which
+        stochastic schedulers go on drawing from, per image)."""
+        side = self.resolution // self.scale
+        shape = (1, self.pipe.unet.config.in_channels, side, side)
+        gens = [torch_generator(r.seed) for r in requests]
+        noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
+        return noise.to(device=self.device, dtype=self.dtype), gens
+
+    @torch.inference_mode()
+    def generate_batch(self, requests: Sequence[ImageRequest]) -> list[Image.Image]:
+        """Images for one batch of at most ``batch_size`` requests.
+
+        A short batch is padded (with copies of its last request) to exactly ``batch_size``: every network call
+        then has the same shape, and CPU/GPU kernels, which are chosen by shape, compute each image the same way
+        whichever images share its batch and wherever it sits in it.
+        """
+        if not requests:
+            return []
+        if len(requests) > self.batch_size:
+            raise ValueError(f"{len(requests)} requests exceed batch_size {self.batch_size}: use generate()")
+        n_real = len(requests)
+        requests = list(requests) + [requests[-1]] * (self.batch_size - n_real)
+        scheduler = make_scheduler(self.scheduler_name, self.scheduler_config)
+        scheduler.set_timesteps(self.steps, device=self.device)
+        hidden = self.conditioning(requests)
+        latents, gens = self.initial_latents(requests)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = {}
+        step_params = inspect.signature(scheduler.step).parameters
+        if "generator" in step_params:
+            step_kwargs["generator"] = gens
+        if "eta" in step_params:
+            step_kwargs["eta"] = self.eta
+        for t in scheduler.timesteps:
+            model_in = torch.cat([latents, latents]) if self.cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            out = self.pipe.unet(model_in, t, encoder_hidden_states=hidden, return_dict=False)[0]
+            if self.cfg:
+                uncond, cond = out.chunk(2)
+                out = uncond + self.guidance * (cond - uncond)
+            latents = scheduler.step(out, t, latents, return_dict=False, **step_kwargs)[0]
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError(
+                f"sampling produced NaN/inf with scheduler '{self.scheduler_name}' on this model (its scheduler "
+                f"config: beta_schedule={self.scheduler_config.get('beta_schedule')}); try another scheduler"
+            )
+        latents = latents.to(self.vae_dtype) / self.pipe.vae.config.scaling_factor
+        decoded = self.pipe.vae.decode(latents, return_dict=False)[0]
+        return to_pil(decoded[:n_real])
+
+    def generate(self, requests: Sequence[ImageRequest], desc: str = "generate") -> list[Image.Image]:
+        """Images for all ``requests``, in order, ``batch_size`` at a time."""
+        out: list[Image.Image] = []
+        starts = range(0, len(requests), self.batch_size)
+        for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
+            out.extend(self.generate_batch(requests[start:start + self.batch_size]))
+        return out
+
+
+def settings_record(settings: MitigationSettings) -> dict[str, Any]:
+    """The mitigation settings as a plain dict (for JSON records)."""
+    return asdict(settings)

@@ -1,0 +1,299 @@
+"""Nodes of the generate stage: thin wrappers over ``copying_study.diffusion.sample`` and ``.guard``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from copying_study.data.captions import vocabulary
+from copying_study.descriptors import descriptor_from_meta
+from copying_study.diffusion.guard import CopyIndex, GuardSettings, generate_guarded, guard_metrics
+from copying_study.diffusion.models import describe_pipeline, load_pipeline
+from copying_study.diffusion.sample import (
+    DTYPES,
+    PROMPT_SOURCES,
+    SCHEDULERS,
+    ImageRequest,
+    MitigationSettings,
+    Sampler,
+    class_prompts,
+    expand_prompts,
+    file_prompts,
+    image_seeds,
+    mitigate,
+    read_prompts_file,
+    resolve_dtype,
+    training_prompts,
+)
+from copying_study.utils.device import pick_device
+from copying_study.utils.images import decode_image, encode_png
+
+logger = logging.getLogger(__name__)
+
+PARAM_KEYS = (
+    "model", "prompts", "prompts_file", "prompts_column", "class_names", "n_images", "images_per_prompt",
+    "scheduler", "steps", "guidance", "eta", "resolution", "batch_size", "dtype", "mitigation", "strengths",
+    "copy_guard", "grid_size",
+)
+STRENGTH_KEYS = ("p", "n", "rc_words", "rna_high", "gn_lambda", "gn_uncond")
+GUARD_KEYS = ("enabled", "threshold", "max_tries", "mitigation", "descriptor")
+PLAN_COLUMNS = ("gen_id", "original_prompt", "prompt", "seed", "mitigation", "gn_lambda", "gn_uncond",
+                "source_image_id")
+
+
+def _keys(params: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
+    if not isinstance(params, Mapping):
+        raise ValueError(f"parameters '{where}' must be a mapping with keys {list(allowed)}, got {params!r}")
+    unknown = sorted(set(params) - set(allowed))
+    missing = [k for k in allowed if k not in params]
+    if unknown or missing:
+        raise ValueError(
+            f"parameters '{where}': unknown key(s) {unknown}, missing key(s) {missing}; allowed: {list(allowed)}"
+        )
+    return dict(params)
+
+
+def _int(p: Mapping[str, Any], key: str, where: str, low: int, high: int | None = None) -> int:
+    v = p[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < low or (
+        high is not None and v > high
+    ):
+        raise ValueError(f"{where}.{key} must be an integer >= {low}{f' and <= {high}' if high else ''}, got {v!r}")
+    return int(v)
+
+
+def _float(p: Mapping[str, Any], key: str, where: str, low: float, high: float = math.inf) -> float:
+    v = p[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+        raise ValueError(f"{where}.{key} must be a number in [{low}, {high}], got {v!r}")
+    return float(v)
+
+
+def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def validate_params(params: Any) -> dict[str, Any]:
+    """The ``generate`` parameters, checked and typed; ``ValueError`` naming the bad key and what is allowed."""
+    p = _keys(params, PARAM_KEYS, "generate")
+    s = _keys(p["strengths"], STRENGTH_KEYS, "generate.strengths")
+    g = _keys(p["copy_guard"], GUARD_KEYS, "generate.copy_guard")
+    strengths = MitigationSettings(
+        name=_choice(p["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.mitigation"),
+        p=_float(s, "p", "generate.strengths", 0.0, 1.0),
+        n=_int(s, "n", "generate.strengths", 1),
+        rc_words=_int(s, "rc_words", "generate.strengths", 1),
+        rna_high=_int(s, "rna_high", "generate.strengths", 0),
+        gn_lambda=_float(s, "gn_lambda", "generate.strengths", 0.0),
+        gn_uncond=bool(s["gn_uncond"]),
+    )
+    guard = GuardSettings(
+        enabled=bool(g["enabled"]),
+        threshold=_float(g, "threshold", "generate.copy_guard", -1.0, 1.0),
+        max_tries=_int(g, "max_tries", "generate.copy_guard", 1),
+        mitigation=_choice(g["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.copy_guard.mitigation"),
+    )
+    if g["descriptor"] is not None and not isinstance(g["descriptor"], Mapping):
+        raise ValueError(f"generate.copy_guard.descriptor must be null or a mapping (path, batch_size, device, half), "
+                         f"got {g['descriptor']!r}")
+    source = _choice(p["prompts"], PROMPT_SOURCES, "generate.prompts")
+    if source == "file" and not p["prompts_file"]:
+        raise ValueError("generate.prompts is 'file' but generate.prompts_file is not set")
+    if p["resolution"] is not None:
+        _int(p, "resolution", "generate", 8)
+    return {
+        **p,
+        "prompts": source,
+        "n_images": _int(p, "n_images", "generate", 1),
+        "images_per_prompt": _int(p, "images_per_prompt", "generate", 1),
+        "scheduler": _choice(p["scheduler"], tuple(SCHEDULERS), "generate.scheduler"),
+        "steps": _int(p, "steps", "generate", 1, 1000),
+        "guidance": _float(p, "guidance", "generate", 0.0),
+        "eta": _float(p, "eta", "generate", 0.0, 1.0),
+        "batch_size": _int(p, "batch_size", "generate", 1),
+        "dtype": _choice(p["dtype"], ("auto", *DTYPES), "generate.dtype"),
+        "grid_size": _int(p, "grid_size", "generate", 1, 400),
+        "strengths": strengths,
+        "copy_guard": guard,
+        "guard_descriptor": dict(g["descriptor"] or {}),
+    }
+
+
+def _vocab(record: Mapping[str, Any], prompts: list[str], needed: bool, fallbacks: list[str]) -> list[str]:
+    """The word pool of rt/rc: the training record's vocabulary, else the prompts' words (a recorded fallback)."""
+    vocab = list(record.get("vocabulary") or [])
+    if vocab or not needed:
+        return vocab
+    msg = "the training record has no vocabulary: rt/rc draw words from the prompts themselves"
+    logger.warning(msg)
+    fallbacks.append(msg)
+    return vocabulary(prompts)
+
+
+def plan_generations(
+    training_record: Mapping[str, Any] | None, p: dict[str, Any], seed: int
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """One row per image (``PLAN_COLUMNS``: its prompt before and after the mitigation, its seed, its source
+    training image), the rt/rc vocabulary and the fallbacks taken. ``p`` is ``validate_params``'s output."""
+    n_prompts = math.ceil(p["n_images"] / p["images_per_prompt"])
+    record = training_record or {}
+    if p["prompts"] == "training":
+        prompts = training_prompts(record.get("captions") or {}, n_prompts, seed)
+    elif p["prompts"] == "file":
+        prompts = file_prompts(read_prompts_file(p["prompts_file"], p["prompts_column"]), n_prompts, seed)
+    else:
+        prompts = class_prompts(p["class_names"] or record.get("class_labels") or [], n_prompts, seed)
+    expanded = expand_prompts(prompts, p["n_images"], p["images_per_prompt"])
+    fallbacks: list[str] = []
+    settings: MitigationSettings = p["strengths"]
+    guard: GuardSettings = p["copy_guard"]
+    needs_vocab = settings.name in ("rt", "rc") or (guard.enabled and guard.mitigation in ("rt", "rc"))
+    vocab = _vocab(record, [q.text for q in expanded], needs_vocab, fallbacks)
+    rows = []
+    for i, (prompt, image_seed) in enumerate(zip(expanded, image_seeds(seed, p["n_images"]), strict=True)):
+        req = mitigate(prompt.text, image_seed, settings, vocab)
+        rows.append({
+            "gen_id": f"gen-{i:06d}", "original_prompt": prompt.text, "prompt": req.prompt, "seed": req.seed,
+            "mitigation": settings.name, "gn_lambda": req.gn_lambda, "gn_uncond": req.gn_uncond,
+            "source_image_id": prompt.source_image_id,
+        })
+    logger.info("generate: %d images from %d '%s' prompts, mitigation %s", len(rows), n_prompts, p["prompts"],
+                settings.name)
+    return pd.DataFrame(rows, columns=list(PLAN_COLUMNS)), vocab, fallbacks
+
+
+def _model(finetuned_model: Any, p: dict[str, Any], device, dtype) -> tuple[Any, str]:
+    """The pipeline to sample from: ``generate.model`` when set, else ``finetuned_model`` (a folder or a pipeline)."""
+    if p["model"] and finetuned_model is not None:
+        logger.warning("generate.model=%s replaces finetuned_model; training prompts still come from the "
+                       "finetuning record", p["model"])
+    source = p["model"] or finetuned_model
+    if source is None:
+        raise ValueError("no model to sample from: finetuned_model is missing and generate.model is not set")
+    if isinstance(source, str):
+        return load_pipeline(source, device=device, dtype=dtype), source
+    return source, f"finetuned_model ({type(source).__name__})"
+
+
+def generate_images(
+    finetuned_model: Any,
+    training_record: dict[str, Any],
+    train_descriptors: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    device: str,
+) -> tuple[pd.DataFrame, dict[str, float], dict[str, Any]]:
+    """``generations`` (one row per image, PNG bytes), ``generate_metrics`` and ``generate_record``."""
+    p = validate_params(params)
+    plan, vocab, fallbacks = plan_generations(training_record, p, seed)
+    dev = pick_device(device)
+    pipe, model_source = _model(finetuned_model, p, dev, resolve_dtype(p["dtype"], dev))
+    sampler = Sampler(
+        pipe, device=dev, scheduler=p["scheduler"], steps=p["steps"], guidance=p["guidance"],
+        resolution=p["resolution"], batch_size=p["batch_size"], eta=p["eta"], dtype=p["dtype"],
+    )
+    guard: GuardSettings = p["copy_guard"]
+    index, descriptor_meta = None, None
+    if guard.enabled:
+        descriptor = descriptor_from_meta(train_descriptors["meta"], p["guard_descriptor"], device=device)
+        index = CopyIndex(descriptor, train_descriptors["embeddings"], train_descriptors["image_ids"],
+                          meta=train_descriptors["meta"])
+        descriptor_meta = descriptor.meta()
+    requests = [
+        ImageRequest(r.prompt, int(r.seed), float(r.gn_lambda), bool(r.gn_uncond)) for r in plan.itertuples(index=False)
+    ]
+    start = time.perf_counter()
+    gens = generate_guarded(
+        sampler, plan["original_prompt"].tolist(), requests, p["strengths"].name,
+        guard=guard, index=index, strengths=p["strengths"], vocab=vocab,
+    )
+    seconds = time.perf_counter() - start
+    info = sampler.info()
+    model_info = describe_pipeline(pipe)
+    table = pd.DataFrame({
+        "gen_id": plan["gen_id"].tolist(),
+        "prompt": [g.request.prompt for g in gens],
+        "original_prompt": plan["original_prompt"].tolist(),
+        "seed": [int(g.request.seed) for g in gens],
+        "first_seed": [int(g.first_seed) for g in gens],
+        "mitigation": [g.mitigation for g in gens],
+        "gn_lambda": [float(g.request.gn_lambda) for g in gens],
+        "image": [encode_png(g.image) for g in gens],
+        "source_image_id": plan["source_image_id"].tolist(),
+        "guard_tries": [int(g.guard_tries) for g in gens],
+        "guard_scores": [list(map(float, g.guard_scores)) for g in gens],
+        "guard_score": [float(g.guard_score) for g in gens],
+        "guard_match_id": [g.match_image_id for g in gens],
+        "scheduler": info["scheduler"],
+        "steps": info["steps"],
+        "guidance": info["guidance"],
+        "resolution": info["resolution"],
+        "model": model_source,
+    })
+    metrics = {
+        "n_images": float(len(table)),
+        "n_prompts": float(table["original_prompt"].nunique()),
+        "prompt_changed_fraction": float((table["prompt"] != table["original_prompt"]).mean()),
+        "seconds": float(seconds),
+        "images_per_second": float(len(table) / seconds) if seconds > 0 else 0.0,
+        "steps": float(info["steps"]),
+        "guidance": float(info["guidance"]),
+        **guard_metrics(gens, guard),
+    }
+    record = {
+        "model": {"source": model_source, **model_info},
+        "sampler": info,
+        "prompts": {"source": p["prompts"], "file": p["prompts_file"], "n_images": p["n_images"],
+                    "images_per_prompt": p["images_per_prompt"]},
+        "mitigation": asdict(p["strengths"]),
+        "copy_guard": {**asdict(guard), "descriptor": descriptor_meta},
+        "fallbacks": fallbacks,
+    }
+    logger.info("generate: %d images in %.1f s (%.2f images/s)", len(table), seconds, metrics["images_per_second"])
+    return table, metrics, record
+
+
+def generate_images_from_model(
+    train_descriptors: dict[str, Any], params: dict[str, Any], seed: int, device: str
+) -> tuple[pd.DataFrame, dict[str, float], dict[str, Any]]:
+    """The ``generate_from_model`` pipeline: sample from the model named by ``generate.model`` (no finetuning run,
+    so no training record: prompts must be ``file`` or ``class``)."""
+    p = validate_params(params)
+    if not p["model"]:
+        raise ValueError("generate_from_model needs generate.model: a local diffusers folder or a cached HF id")
+    if p["prompts"] == "training":
+        raise ValueError("generate.prompts 'training' needs a finetuning record: use the generate pipeline, or "
+                         "prompts 'file' or 'class' with generate_from_model")
+    return generate_images(None, None, train_descriptors, params, seed, device)
+
+
+def plot_generations_grid(generations: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """A grid of the first ``grid_size`` generations with their (mitigated) prompts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = validate_params(params)
+    rows = generations.head(p["grid_size"])
+    cols = max(1, min(8, math.ceil(math.sqrt(len(rows)))))
+    nrows = max(1, math.ceil(len(rows) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(1.7 * cols, 1.9 * nrows), squeeze=False, constrained_layout=True)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, row in zip(axes.ravel(), rows.itertuples(index=False), strict=False):
+        ax.imshow(np.asarray(decode_image(row.image)), interpolation="nearest")
+        title = row.prompt if len(row.prompt) <= 28 else row.prompt[:27] + "…"
+        ax.set_title(f"{title}\n{row.mitigation}, tries {row.guard_tries}", fontsize=6)
+    fig.suptitle(f"generations ({len(generations)} images; first {len(rows)})", fontsize=9)
+    return fig
