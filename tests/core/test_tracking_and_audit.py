@@ -35,7 +35,7 @@ def test_each_run_is_an_mlflow_run_with_manifest_and_audit_detects_tampering(ked
     manifest_path = kedro_project / "data/08_reporting/run_manifest.json" / record["run_id"] / "run_manifest.json"
     manifest = json.loads(manifest_path.read_text())
     assert manifest["datasets_saved"]["training_set"] == record["run_id"]
-    assert manifest["seeds"] == {"seed": 0}
+    assert manifest["seeds"]["seed"] == 0
     assert manifest["parameters"]["ingest"]["embedded"]["n_images"] == 24
     assert {"torch", "kedro", "diffusers", "faiss-cpu", "python"} <= set(manifest["packages"])
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
