@@ -3,8 +3,10 @@
 from omegaconf.resolvers import oc
 
 from copying_study.hooks import MlflowTrackingHooks
+from copying_study.pipelines.study.hooks import StudyParamsHooks
 
-HOOKS = (MlflowTrackingHooks(),)
+# MLflow tracking + the run record; the study grid's per-cell parameters (params:<cell>.<stage>).
+HOOKS = (MlflowTrackingHooks(), StudyParamsHooks())
 
 # kedro-viz registers hooks that write .viz/ files on every run; the DAG view does not need them.
 # (Names are distribution metadata names: kedro-mlflow would be "kedro_mlflow"; it is not used here.)

@@ -1,0 +1,99 @@
+"""``study``: ingest + dedup_clusters once, then per (cell, seed) a namespaced finetune → generate → evaluate →
+complexity_analysis (train cells) or generate → evaluate → complexity_analysis on a train cell's model (inference
+cells), each condensed by ``collect_cell``; ``collect_study`` writes ``study_results``, ``study_report`` and
+``study_metrics``.
+
+The registry cannot see parameters, so the grid's cells are read from the configuration files in
+``<cwd>/conf`` (Kedro runs from the project root) for the environment in ``KEDRO_ENV`` (default ``local``): run
+the paper's grid with ``KEDRO_ENV=paper kedro run --pipelines=study``. ``StudyParamsHooks`` supplies each cell's
+parameters at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from kedro.config import OmegaConfigLoader
+from kedro.pipeline import Node, Pipeline
+
+from copying_study.pipelines.complexity_analysis.pipeline import create_pipeline as complexity_pipeline
+from copying_study.pipelines.dedup_clusters.pipeline import create_pipeline as dedup_pipeline
+from copying_study.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
+from copying_study.pipelines.finetune.pipeline import create_pipeline as finetune_pipeline
+from copying_study.pipelines.generate.pipeline import create_pipeline as generate_pipeline
+from copying_study.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
+from copying_study.pipelines.study.nodes import collect_cell, collect_study
+from copying_study.study import Cell, expand_grid, validate_study
+
+logger = logging.getLogger(__name__)
+
+SHARED_INPUTS = {"finetune_set", "training_set", "train_descriptors"}
+SHARED_PARAMETERS = {"params:device": "params:device"}
+
+
+def configured_study(project_path: Path | None = None, env: str | None = None) -> dict | None:
+    """``params:study`` as the configuration files of ``project_path`` (default: cwd) declare it for ``env``
+    (default: ``KEDRO_ENV``, else ``local``); ``None`` when there is no ``conf/`` or no study."""
+    conf = (project_path or Path.cwd()) / "conf"
+    if not (conf / "base").is_dir():
+        return None
+    from kedro.framework.project import settings
+
+    env = env or os.environ.get("KEDRO_ENV") or "local"
+    args = {k: v for k, v in settings.CONFIG_LOADER_ARGS.items() if k not in ("base_env", "default_run_env")}
+    if not (conf / env).is_dir():
+        env = "base"
+    loader = OmegaConfigLoader(conf_source=str(conf), base_env="base", default_run_env="local", env=env, **args)
+    return loader["parameters"].get("study")
+
+
+def _collect_node() -> Node:
+    return Node(
+        collect_cell,
+        inputs=["params:cell", "params:finetune", "params:generate", "params:evaluate", "params:complexity",
+                "replication_summary", "evaluate_metrics", "complexity_correlations", "training_record",
+                "replication_scores", "generations", "training_set"],
+        outputs="study_cell",
+        name="collect_cell",
+    )
+
+
+def cell_output(cell: Cell) -> str:
+    """The name a cell's ``collect_cell`` output gets outside its namespace: ``study_cell_<ns>``."""
+    return f"study_cell_{cell.namespace}"
+
+
+def cell_pipeline(cell: Cell) -> Pipeline:
+    """The namespaced stages of one (cell, seed)."""
+    stages = generate_pipeline() + evaluate_pipeline() + complexity_pipeline() + Pipeline([_collect_node()])
+    if cell.kind == "train":
+        return Pipeline(finetune_pipeline() + stages, namespace=cell.namespace, inputs=set(SHARED_INPUTS),
+                        outputs={"study_cell": cell_output(cell)}, parameters=dict(SHARED_PARAMETERS))
+    source = cell.source_namespace
+    inputs = {"training_set": "training_set", "train_descriptors": "train_descriptors",
+              "finetuned_model": f"{source}.finetuned_model", "training_record": f"{source}.training_record"}
+    return Pipeline(stages, namespace=cell.namespace, inputs=inputs, outputs={"study_cell": cell_output(cell)},
+                    parameters=dict(SHARED_PARAMETERS))
+
+
+def study_pipeline(cells: list[Cell]) -> Pipeline:
+    """Data stages once, every cell, then ``collect_study``."""
+    collect = Node(collect_study, inputs={"study": "params:study", **{c.namespace: cell_output(c) for c in cells}},
+                   outputs=["study_results", "study_report", "study_metrics"], name="collect_study")
+    return sum((cell_pipeline(c) for c in cells), ingest_pipeline() + dedup_pipeline()) + Pipeline([collect])
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """The study grid of the configuration files; an invalid grid gives a one-node pipeline that raises its error
+    when run, so the other pipelines stay usable."""
+    try:
+        study = configured_study()
+        cells = expand_grid(study) if study else []
+    except ValueError as error:
+        logger.warning("study grid is invalid; `kedro run --pipelines=study` will fail: %s", error)
+        return Pipeline([Node(validate_study, "params:study", "study_grid_checked", name="validate_study_grid")])
+    if not cells:
+        return Pipeline([])
+    return study_pipeline(cells)
