@@ -94,3 +94,15 @@ def run_kedro(project: Path, pipelines: list[str], params: dict | None = None, e
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
         return session.run(pipeline_names=pipelines, load_versions=load_versions or {})
+
+
+def save_datasets(project: Path, datasets: dict) -> None:
+    """Save ``datasets`` through the project's catalog, where the pipelines read them (as upstream stages would)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env="base") as session:
+        catalog = session.load_context().catalog
+        for name, data in datasets.items():
+            catalog.save(name, data)

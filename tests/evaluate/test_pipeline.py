@@ -11,7 +11,7 @@ import pytest
 
 from copying_study.descriptors import load_descriptor
 from copying_study.utils.images import decode_image
-from tests.conftest import make_training_set, run_kedro
+from tests.conftest import make_training_set, run_kedro, save_datasets
 from tests.evaluate.test_nodes import make_generations
 
 PARAMS = {"seed": 5, "device": "cpu", "evaluate": {"bootstrap": {"n_boot": 200}, "plots": {"gallery_n": 6}}}
@@ -21,18 +21,6 @@ PARAMS = {"seed": 5, "device": "cpu", "evaluate": {"bootstrap": {"n_boot": 200},
 def project(kedro_project: Path) -> Path:
     (kedro_project / "src").mkdir(exist_ok=True)  # bootstrap_project wants the source dir; the package is installed
     return kedro_project
-
-
-def save_upstream(project: Path, datasets: dict) -> None:
-    """Save ``datasets`` through the project's catalog (as the upstream stages would)."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env="base") as session:
-        catalog = session.load_context().catalog
-        for name, data in datasets.items():
-            catalog.save(name, data)
 
 
 def training_inputs() -> dict:
@@ -57,9 +45,9 @@ def test_evaluate_pipeline_outputs_metrics_and_load_versions(project):
     training = inputs["training_set"]
     gens = make_generations(training).drop(columns=["kind"])
     record = {"duplicated_ids": training["image_id"][:3].tolist(), "duplication": "full", "steps": 10}
-    save_upstream(project, {**inputs, "generations": gens.iloc[:10], "training_record": record})
+    save_datasets(project, {**inputs, "generations": gens.iloc[:10], "training_record": record})
     first = versions(project, "data/07_model_output/generations.parquet")[0].name
-    save_upstream(project, {"generations": gens})  # a newer version with all 16 generations
+    save_datasets(project, {"generations": gens})  # a newer version with all 16 generations
 
     run_kedro(project, ["evaluate"], params=PARAMS)
     scores = pd.read_parquet(latest(project, "data/07_model_output/replication_scores.parquet"))
@@ -96,7 +84,7 @@ def test_evaluate_pipeline_outputs_metrics_and_load_versions(project):
 @pytest.mark.slow
 def test_evaluate_folder_pipeline_needs_no_generations_or_record(project, tmp_path):
     inputs = training_inputs()
-    save_upstream(project, inputs)
+    save_datasets(project, inputs)
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     rows = []

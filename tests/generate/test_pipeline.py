@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from copying_study.descriptors import load_descriptor
-from tests.conftest import run_kedro
+from tests.conftest import run_kedro, save_datasets
 
 from .conftest import small_pipeline
 from .test_nodes import RECORD
@@ -25,18 +25,6 @@ PARAMS = {
 }
 
 
-def save_upstream(project: Path, datasets: dict) -> None:
-    """Save ``datasets`` where the project's catalog reads them."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env="base") as session:
-        catalog = session.load_context().catalog
-        for name, data in datasets.items():
-            catalog.save(name, data)
-
-
 def latest(project: Path, relative: str) -> Path:
     return sorted((project / relative).iterdir())[-1] / Path(relative).name
 
@@ -48,7 +36,7 @@ def test_generate_pipeline_writes_versioned_outputs_and_reruns_identically(kedro
     d = load_descriptor({"name": "default"}, device="cpu")
     train = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(8)]
     descriptors = {"embeddings": d.encode(train), "image_ids": [f"img-{i:02d}" for i in range(8)], "meta": d.meta()}
-    save_upstream(kedro_project, {"finetuned_model": small_pipeline(), "training_record": RECORD,
+    save_datasets(kedro_project, {"finetuned_model": small_pipeline(), "training_record": RECORD,
                                   "train_descriptors": descriptors})
 
     run_kedro(kedro_project, ["generate"], params=PARAMS)

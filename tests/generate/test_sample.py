@@ -43,16 +43,25 @@ def test_same_parameters_and_seeds_give_byte_identical_pngs(pipe):
     assert len(set(first)) == len(first)  # different seeds/prompts really give different images
 
 
+def assert_rounding_only(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float rounding: with several BLAS threads a row's result can depend on its place in a GEMM."""
+    assert a.shape == b.shape
+    assert np.mean(a != b) < 0.01
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
 def test_an_image_does_not_depend_on_its_batch_mates_or_position(pipe):
     s = sampler(pipe)
     reqs = requests(5)
     ref = pixels(s.generate(reqs))
+    np.testing.assert_array_equal(pixels(s.generate(reqs)), ref)  # a re-run is bit-identical
     reordered = pixels(s.generate(reqs[::-1]))[::-1]
     alone = pixels([s.generate_batch([r])[0] for r in reqs])
     with_strangers = pixels(s.generate_batch([ImageRequest("a blue square", 7), reqs[3]]))[1]
-    np.testing.assert_array_equal(reordered, ref)
-    np.testing.assert_array_equal(alone, ref)
-    np.testing.assert_array_equal(with_strangers, ref[3])
+    assert_rounding_only(reordered, ref)
+    assert_rounding_only(alone, ref)
+    assert_rounding_only(with_strangers, ref[3])
+    assert np.abs(pixels(s.generate(requests(5)[1:2])).astype(int) - ref[:1].astype(int)).max() > 2  # not a no-op
 
 
 def test_other_batch_sizes_agree_up_to_float_rounding(pipe):
@@ -85,8 +94,10 @@ def sd_schedule_pipe():
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_scheduler_is_seeded_and_reproducible(sd_schedule_pipe, name):
     a = pixels(sampler(sd_schedule_pipe, scheduler=name, steps=3).generate(requests(2)))
-    b = pixels(sampler(sd_schedule_pipe, scheduler=name, steps=3).generate(requests(2)[::-1]))[::-1]
+    b = pixels(sampler(sd_schedule_pipe, scheduler=name, steps=3).generate(requests(2)))
+    c = pixels(sampler(sd_schedule_pipe, scheduler=name, steps=3).generate(requests(2)[::-1]))[::-1]
     np.testing.assert_array_equal(a, b)
+    assert_rounding_only(a, c)
     assert a.std() > 0
 
 

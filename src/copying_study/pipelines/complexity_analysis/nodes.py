@@ -17,6 +17,7 @@ from copying_study.metrics.complexity import (
     score_matches,
 )
 from copying_study.pipelines.complexity_analysis.plots import density_figure, scatter_figure
+from copying_study.utils.params import check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +26,7 @@ PARAM_KEYS = ("image_size", "resample", "jpeg_quality", "threshold", "n_boot", "
 
 def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     """The ``complexity`` parameters, checked and typed; ``ValueError`` naming the bad key and what is allowed."""
-    if not isinstance(params, dict):
-        raise ValueError(f"parameters 'complexity' must be a mapping with keys {list(PARAM_KEYS)}, got {params!r}")
-    unknown = sorted(set(params) - set(PARAM_KEYS))
-    missing = [k for k in PARAM_KEYS if k not in params]
-    if unknown or missing:
-        raise ValueError(
-            f"parameters 'complexity': unknown key(s) {unknown}, missing key(s) {missing}; allowed: {list(PARAM_KEYS)}"
-        )
+    params = check_keys(params, PARAM_KEYS, "complexity")
 
     def number(key: str, kind: type, low: float, high: float, *, open_ends: bool = False) -> Any:
         value = params[key]

@@ -35,6 +35,7 @@ from copying_study.diffusion.sample import (
 )
 from copying_study.utils.device import pick_device
 from copying_study.utils.images import decode_image, encode_png
+from copying_study.utils.params import check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +48,6 @@ STRENGTH_KEYS = ("p", "n", "rc_words", "rna_high", "gn_lambda", "gn_uncond")
 GUARD_KEYS = ("enabled", "threshold", "max_tries", "mitigation", "descriptor")
 PLAN_COLUMNS = ("gen_id", "original_prompt", "prompt", "seed", "mitigation", "gn_lambda", "gn_uncond",
                 "source_image_id")
-
-
-def _keys(params: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
-    if not isinstance(params, Mapping):
-        raise ValueError(f"parameters '{where}' must be a mapping with keys {list(allowed)}, got {params!r}")
-    unknown = sorted(set(params) - set(allowed))
-    missing = [k for k in allowed if k not in params]
-    if unknown or missing:
-        raise ValueError(
-            f"parameters '{where}': unknown key(s) {unknown}, missing key(s) {missing}; allowed: {list(allowed)}"
-        )
-    return dict(params)
 
 
 def _int(p: Mapping[str, Any], key: str, where: str, low: int, high: int | None = None) -> int:
@@ -85,9 +74,9 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
 
 def validate_params(params: Any) -> dict[str, Any]:
     """The ``generate`` parameters, checked and typed; ``ValueError`` naming the bad key and what is allowed."""
-    p = _keys(params, PARAM_KEYS, "generate")
-    s = _keys(p["strengths"], STRENGTH_KEYS, "generate.strengths")
-    g = _keys(p["copy_guard"], GUARD_KEYS, "generate.copy_guard")
+    p = check_keys(params, PARAM_KEYS, "generate")
+    s = check_keys(p["strengths"], STRENGTH_KEYS, "generate.strengths")
+    g = check_keys(p["copy_guard"], GUARD_KEYS, "generate.copy_guard")
     strengths = MitigationSettings(
         name=_choice(p["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.mitigation"),
         p=_float(s, "p", "generate.strengths", 0.0, 1.0),
