@@ -1,0 +1,198 @@
+"""Steps/s of the project's finetuning loop against a plain diffusers loop on the same model and settings.
+
+The plain loop is what the paper's code (the diffusers text-to-image example) does: a DataLoader decodes and
+transforms every image at every step, the frozen autoencoder encodes it again, the text encoder runs on the
+tokenised captions, everything in fp32. The project's loop (``copying_study.diffusion.train.train``) encodes every
+image once and caches the latents (both flips), draws batches by index, and uses bf16 autocast + SDPA on CUDA.
+
+Small run (seconds, proves it works):
+    python benchmarks/finetune_speed.py --steps 3 --warmup 1 --images 64 --batch-size 8
+Full table on the tiny default (2 idle CPU cores), then with a real (KL) autoencoder in the loop:
+    OMP_NUM_THREADS=2 python benchmarks/finetune_speed.py --steps 40 --warmup 5
+    OMP_NUM_THREADS=2 python benchmarks/finetune_speed.py --steps 10 --warmup 2 --sd-autoencoder --resolution 64
+Stable Diffusion 2.1 on a GPU (weights present locally, see docs/real-weights.md):
+    python benchmarks/finetune_speed.py --base-model /path/to/sd21 --resolution 256 --batch-size 16 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from copying_study.data.embedded import generate_embedded
+from copying_study.diffusion.models import encode_prompts
+from copying_study.diffusion.train import (
+    FinetuneSettings,
+    image_tensor,
+    make_plan,
+    prepare_model,
+    settings_from_params,
+)
+from copying_study.diffusion.train import train as project_train
+from copying_study.utils.device import describe_device, pick_device
+from copying_study.utils.seeding import torch_generator
+
+
+class ImageCaptionDataset(torch.utils.data.Dataset):
+    """The plain loop's dataset: decode, resize + center crop, random flip and normalise at every access."""
+
+    def __init__(self, images: list[bytes], captions: list[str], resolution: int, flip: bool, seed: int):
+        self.images, self.captions, self.resolution, self.flip = images, captions, resolution, flip
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        x = image_tensor(self.images[i], self.resolution)
+        if self.flip and self.rng.random() < 0.5:
+            x = torch.flip(x, dims=[2])
+        return x, self.captions[i]
+
+
+def plain_loop(pipe, table, s: FinetuneSettings, plan, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step of the plain diffusers loop (fp32, no latent cache) after ``warmup`` steps."""
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet, vae, te = pipe.unet, pipe.vae, pipe.text_encoder
+    unet.train()
+    te.train(s.train_text_encoder)
+    te.requires_grad_(s.train_text_encoder)
+    vae.requires_grad_(False)
+    params = list(unet.parameters()) + (list(te.parameters()) if s.train_text_encoder else [])
+    opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+    data = ImageCaptionDataset(list(table["image"]), plan.base_captions, s.resolution, s.random_flip, 0)
+    loader = torch.utils.data.DataLoader(data, batch_size=s.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0))
+    gen = torch_generator(0)
+    done, start = 0, None
+    while done < steps + warmup:
+        for pixels, captions in loader:
+            if done == warmup:
+                start = time.perf_counter()
+            if done == steps + warmup:
+                break
+            with torch.no_grad():
+                latents = vae.encode(pixels.to(device)).latent_dist.sample() * vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=gen).to(device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+            t = t.to(device)
+            with torch.set_grad_enabled(s.train_text_encoder):
+                emb = encode_prompts(pipe, list(captions), device)
+            noisy = noise_scheduler.add_noise(latents, noise, t)
+            target = noise if noise_scheduler.config.prediction_type == "epsilon" \
+                else noise_scheduler.get_velocity(latents, noise, t)
+            loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=emb).sample.float(), target.float())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done += 1
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def project_loop(table, s: FinetuneSettings, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Seconds per step of the project's loop after ``warmup`` steps, and its one-off setup seconds."""
+    marks: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def observer(batch, emb):
+        if batch.step == 0:
+            marks["first"] = time.perf_counter()
+        if batch.step == warmup:
+            _sync(device)
+            marks["start"] = time.perf_counter()
+
+    result = project_train(table, FinetuneSettings(**{**s.to_dict(), "steps": steps + warmup}), 0, device,
+                           observer=observer)
+    end = marks["first"] + result.seconds  # result.seconds spans the whole loop
+    return (end - marks["start"]) / steps, marks["first"] - t0
+
+
+def with_sd_autoencoder(pipe, resolution: int, folder: str) -> str:
+    """Save ``pipe`` with Stable Diffusion 2.1's autoencoder architecture (AutoencoderKL, 83M parameters, random
+    weights, 8x downsampling to 4 channels) and a UNet of the same sizes re-shaped for its latents; returns the
+    folder. This puts the real cost of encoding images (what the latent cache saves) into both loops."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, scaling_factor=0.18215,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), sample_size=resolution,
+    )
+    config = {**pipe.unet.config, "in_channels": 4, "out_channels": 4, "sample_size": resolution // 8}
+    unet = UNet2DConditionModel.from_config(config)
+    pipe.vae, pipe.unet = vae, unet
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base-model", default="tiny")
+    ap.add_argument("--config", default="conf/base/parameters_finetune.yml",
+                    help="the finetune parameters to start from (tiny sizes, text encoder, resolution)")
+    ap.add_argument("--images", type=int, default=272)
+    ap.add_argument("--resolution", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--sd-autoencoder", action="store_true",
+                    help="replace the tiny model's pixel-unshuffle stand-in by SD 2.1's AutoencoderKL architecture")
+    args = ap.parse_args(argv)
+
+    import yaml
+
+    params: dict[str, Any] = yaml.safe_load(open(args.config))["finetune"]
+    params.update(base_model=args.base_model, sample_prompts=0, sample_every=0, checkpoint_every=0,
+                  duplication="none", mitigation="none", uncond_prob=0.0)
+    if args.resolution:
+        params["resolution"] = args.resolution
+    if args.batch_size:
+        params["batch_size"] = args.batch_size
+    if args.base_model != "tiny":
+        params.pop("tiny", None)
+    s = settings_from_params(params)
+    device = pick_device(args.device)
+    table = generate_embedded(n_images=args.images, resolution=s.resolution, n_clusters=0, seed=0)
+    plan = make_plan(table, s, 0)
+    tmp = tempfile.TemporaryDirectory()
+    if args.sd_autoencoder:
+        if args.base_model != "tiny":
+            raise SystemExit("--sd-autoencoder only applies to --base-model tiny")
+        folder = with_sd_autoencoder(prepare_model(s, plan, 0, torch.device("cpu")), s.resolution, tmp.name)
+        s = settings_from_params({**params, "base_model": folder, "tiny": {}})
+
+    pipe = prepare_model(s, plan, 0, device)
+    plain = plain_loop(pipe, table, s, plan, args.steps, args.warmup, device)
+    del pipe
+    ours, setup = project_loop(table, s, args.steps, args.warmup, device)
+
+    model = args.base_model + (" + SD 2.1 autoencoder (random weights)" if args.sd_autoencoder else "")
+    print(f"device: {describe_device(device)}, torch threads: {torch.get_num_threads()}, model: {model}, "
+          f"{s.resolution} px, batch {s.batch_size}, text encoder trained: {s.train_text_encoder}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up steps")
+    print(f"{'loop':<44}{'s/step':>10}{'steps/s':>10}{'samples/s':>11}{'speed-up':>10}")
+    for name, sec in (("plain diffusers (fp32, no latent cache)", plain),
+                      (f"project (latent cache{', bf16 autocast' if device.type == 'cuda' else ''})", ours)):
+        print(f"{name:<44}{sec:>10.4f}{1 / sec:>10.2f}{s.batch_size / sec:>11.1f}{plain / sec:>9.2f}x")
+    print(f"project one-off setup (model build + latent encoding of {len(table)} images): {setup:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

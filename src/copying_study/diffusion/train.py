@@ -1,0 +1,704 @@
+"""Finetuning a text-to-image diffusion model under duplication, caption regimes and train-time mitigations.
+
+The same loop trains the tiny embedded model on a CPU and Stable Diffusion 2.1 on GPUs (paper §4, §5.2, §5.3, §7):
+
+* **data**: every image is resized (short edge) and center-cropped to ``resolution``, encoded **once** by the frozen
+  autoencoder and cached on the device (both horizontal flips when ``random_flip`` is on);
+* **sampling**: without duplication each epoch is a seeded permutation of the images (the paper's shuffle); with
+  duplication a seeded ``dup_fraction`` of the images is drawn ``ddf`` times more often than the others, i.i.d. with
+  replacement (the paper's ``WeightedRandomSampler``);
+* **captions**: ``caption_type`` fixes the caption each image is trained with; ``duplication: partial`` draws the
+  caption of a duplicated image from its alternatives every time it is drawn; a train-time ``mitigation`` (mc, gn,
+  rc, rt, cwr, rna) then perturbs the caption (or, for gn, the text embedding);
+* **objective**: DDPM noise at uniform timesteps, MSE on ε or v (the scheduler config's ``prediction_type``), AdamW
+  (weight decay 1e-2), gradient clipping, constant learning rate after a linear warm-up;
+* **determinism**: every random choice of step ``s`` (images, flips, captions, caption dropout, timesteps, noise)
+  is drawn from generators seeded by ``(seed, s)``, so a run resumed from a checkpoint draws exactly what the
+  uninterrupted run drew and ends with the same weights;
+* **speed**: bf16 autocast and SDPA attention on CUDA, optional gradient checkpointing and ``torch.compile``;
+  several GPUs through ``accelerate launch`` (each process trains on its slice of every global batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from copying_study.data import captions as cap
+from copying_study.diffusion.models import (
+    add_embedding_noise,
+    describe_pipeline,
+    encode_prompts,
+    load_pipeline,
+    resolve_source,
+    weights_checksum,
+)
+from copying_study.utils.device import describe_device
+from copying_study.utils.images import decode_image, resize_center_crop
+from copying_study.utils.progress import progress
+from copying_study.utils.seeding import derive_seed, numpy_rng, python_rng, torch_generator
+
+logger = logging.getLogger(__name__)
+
+DUPLICATION_MODES = ("none", "full", "partial")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
+REQUIRED_COLUMNS = ("image_id", "image", "caption")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The ``finetune:`` parameters, validated. Defaults are those of ``conf/base`` (the tiny study); see
+    ``docs/finetune.md`` for each one."""
+
+    base_model: str = "tiny"
+    resolution: int = 16
+    caption_type: str = "original"
+    duplication: str = "full"
+    dup_fraction: float = 0.05
+    ddf: float = 20.0
+    mitigation: str = "none"
+    mitigation_prob: float = 0.1
+    mitigation_insertions: int = 2
+    rc_words: int = 4
+    rna_high: int = 10**6
+    gn_lambda: float = 0.1
+    random_caption_words: int = 6
+    uncond_prob: float = 0.1
+    train_text_encoder: bool = True
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant_with_warmup"
+    lr_warmup_steps: int = 50
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    random_flip: bool = True
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    log_every: int = 10
+    sample_every: int = 300
+    sample_prompts: int = 6
+    sample_steps: int = 25
+    sample_guidance: float = 3.0
+    checkpoint_every: int = 300
+    checkpoint_dir: str = "data/06_models/finetune_checkpoints"
+    keep_checkpoints: int = 1
+    resume: bool = True
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+
+    # Settings that change what is trained (a checkpoint is only resumed by a run with the same ones).
+    NON_SEMANTIC = ("log_every", "sample_every", "sample_prompts", "sample_steps", "sample_guidance",
+                    "checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tiny"] = dict(self.tiny)
+        return d
+
+
+def _bad(key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"finetune.{key}={value!r} is invalid: {allowed}")
+
+
+def settings_from_params(params: Mapping[str, Any] | None) -> FinetuneSettings:
+    """Validate the ``finetune:`` parameter dict (unknown keys, choices, ranges) and return typed settings.
+
+    Nothing is loaded: the paper configuration validates on a machine without its weights.
+    """
+    params = dict(params or {})
+    names = [f.name for f in dataclasses.fields(FinetuneSettings)]
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ValueError(f"unknown finetune parameter(s) {unknown}; allowed: {', '.join(names)}")
+    defaults = FinetuneSettings()
+    values: dict[str, Any] = {}
+    for name in names:
+        default = getattr(defaults, name)
+        value = params.get(name, default)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _bad(name, value, "use true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise _bad(name, value, "use an integer")
+            value = int(value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _bad(name, value, "use a finite number")
+            value = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise _bad(name, value, "use a string")
+        values[name] = value
+    if not isinstance(values["tiny"], Mapping):
+        raise _bad("tiny", values["tiny"], "use a mapping of tiny-model sizes")
+    values["tiny"] = dict(values["tiny"])
+    s = FinetuneSettings(**values)
+    _check_choices(s)
+    return s
+
+
+def _check_choices(s: FinetuneSettings) -> None:
+    def choice(key: str, allowed: Sequence[str]) -> None:
+        if getattr(s, key) not in allowed:
+            raise _bad(key, getattr(s, key), f"choose one of {', '.join(allowed)}")
+
+    def at_least(key: str, low: float, strict: bool = False) -> None:
+        v = getattr(s, key)
+        if v < low or (strict and v == low):
+            raise _bad(key, v, f"must be {'>' if strict else '>='} {low}")
+
+    choice("caption_type", cap.CAPTION_TYPES)
+    choice("duplication", DUPLICATION_MODES)
+    choice("mitigation", cap.TRAIN_MITIGATIONS)
+    choice("mixed_precision", MIXED_PRECISION)
+    choice("lr_schedule", LR_SCHEDULES)
+    at_least("ddf", 1.0)
+    for key in ("steps", "batch_size", "resolution", "random_caption_words", "rc_words", "sample_steps",
+                "log_every"):
+        at_least(key, 1)
+    for key in ("lr_warmup_steps", "mitigation_insertions", "rna_high", "sample_every", "sample_prompts",
+                "checkpoint_every", "weight_decay", "gn_lambda", "max_grad_norm"):
+        at_least(key, 0)
+    at_least("keep_checkpoints", 1)
+    at_least("learning_rate", 0.0, strict=True)
+    for key in ("mitigation_prob", "uncond_prob", "adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(s, key) <= 1.0:
+            raise _bad(key, getattr(s, key), "must be in [0, 1]")
+    if not 0.0 < s.dup_fraction <= 1.0:
+        raise _bad("dup_fraction", s.dup_fraction, "must be in (0, 1]")
+    if not s.base_model.strip():
+        raise _bad("base_model", s.base_model, "give 'tiny', a local diffusers folder or a Hugging Face id")
+    if s.duplication == "partial" and s.caption_type not in ("original", "blip"):
+        raise _bad(
+            "duplication", s.duplication,
+            "partial duplication draws a duplicated image's caption from its alternatives, so it needs "
+            f"caption_type original or blip (got {s.caption_type!r})",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the training plan: what every image is trained with, which are duplicated, how often each is drawn
+
+
+@dataclass
+class TrainingPlan:
+    """Everything decided before training: per-image base captions and alternatives, the vocabulary for random
+    words, the duplicated images and the sampling probabilities."""
+
+    image_ids: list[str]
+    base_captions: list[str]
+    alternatives: list[list[str]]
+    vocabulary: list[str]
+    duplicated: np.ndarray  # bool [N]
+    probabilities: np.ndarray | None  # None = uniform epochs (no duplication)
+    notes: list[str] = field(default_factory=list)  # fallbacks and ignored settings (also logged as warnings)
+
+    @property
+    def duplicated_ids(self) -> list[str]:
+        return [i for i, d in zip(self.image_ids, self.duplicated, strict=True) if d]
+
+    def caption_of(self) -> dict[str, str]:
+        return dict(zip(self.image_ids, self.base_captions, strict=True))
+
+
+def as_frame(table: Any) -> pd.DataFrame:
+    """A DataFrame from a DataFrame or an iterable of DataFrame chunks (a streaming table)."""
+    if isinstance(table, pd.DataFrame):
+        return table
+    if hasattr(table, "to_frame"):
+        return table.to_frame()
+    chunks = list(table)
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+
+
+def make_plan(table: pd.DataFrame, s: FinetuneSettings, seed: int) -> TrainingPlan:
+    """Validate the finetune set and decide captions and duplication (seeded, independent of row order)."""
+    if table is None or len(table) == 0:
+        raise ValueError("finetune_set is empty: there is nothing to train on (check the ingest/dedup outputs)")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"finetune_set lacks column(s) {missing}; it needs the training_set schema")
+    ids = [str(i) for i in table["image_id"]]
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dupes:
+        raise ValueError(f"finetune_set has repeated image_id(s) {dupes[:5]}: ids must be unique")
+    rows = table.to_dict("records")
+    alts = [cap.alternatives(r) for r in rows]
+    blips = [list(r["blip_captions"]) for r in rows if r.get("blip_captions") is not None]
+    vocab = cap.vocabulary([c for a in alts for c in a] + [c for b in blips for c in b])
+    random_of = (
+        cap.random_captions(ids, vocab, seed, s.random_caption_words) if s.caption_type == "random" else None
+    )
+    base = [cap.base_caption(r, s.caption_type, random_of) for r in rows]
+    n = len(ids)
+    duplicated = np.zeros(n, dtype=bool)
+    probabilities = None
+    notes: list[str] = []
+    if s.duplication != "none":
+        k = max(1, round(s.dup_fraction * n))
+        order = np.argsort(np.asarray(ids))  # choose on sorted ids: the same images whatever the row order
+        chosen = numpy_rng(seed, "finetune", "duplicated").choice(n, size=k, replace=False)
+        duplicated[order[chosen]] = True
+        weights = np.where(duplicated, s.ddf, 1.0)
+        probabilities = weights / weights.sum()
+    elif s.ddf != 1.0:
+        notes.append(f"finetune.ddf={s.ddf} is ignored: duplication is 'none'")
+    if s.caption_type == "blip" and not blips:
+        notes.append("caption_type 'blip': the data has no blip_captions column; each image's second alternative "
+                     "caption stands in for its BLIP caption")
+    if s.tiny and s.base_model != "tiny":
+        notes.append(f"finetune.tiny sizes are ignored: base_model is {s.base_model!r}, not 'tiny'")
+    for note in notes:
+        logger.warning(note)
+    return TrainingPlan(ids, base, alts, vocab, duplicated, probabilities, notes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what one step draws
+
+
+@dataclass
+class StepBatch:
+    """What the model is fed at one step (before the text encoder): the observer hook receives it together with
+    the conditioning embeddings the UNet saw."""
+
+    step: int
+    indices: np.ndarray
+    image_ids: list[str]
+    flips: np.ndarray
+    captions: list[str]
+
+
+@lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return numpy_rng(seed, "finetune", "epoch", epoch).permutation(n)
+
+
+def draw_indices(plan: TrainingPlan, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The images of step ``step`` (0-based): seeded epoch permutations, or weighted i.i.d. draws with duplication."""
+    n = len(plan.image_ids)
+    if plan.probabilities is None:
+        k = np.arange(step * batch_size, (step + 1) * batch_size)
+        epochs, positions = k // n, k % n
+        return np.array([_epoch_permutation(seed, int(e), n)[p] for e, p in zip(epochs, positions, strict=True)])
+    return numpy_rng(seed, "finetune", "batch", step).choice(n, size=batch_size, replace=True, p=plan.probabilities)
+
+
+def draw_captions(plan: TrainingPlan, s: FinetuneSettings, indices: np.ndarray, rng: random.Random) -> list[str]:
+    """The caption of each drawn image: its base caption (or, partial duplication, one of its alternatives), then
+    the text mitigation, then caption dropout (``uncond_prob``: the empty caption, for classifier-free guidance)."""
+    out = []
+    for i in indices:
+        caption = plan.base_captions[i]
+        if s.duplication == "partial" and plan.duplicated[i]:
+            caption = rng.choice(plan.alternatives[i])
+        caption = cap.perturb_caption(
+            caption, s.mitigation, rng, vocab=plan.vocabulary, alternatives_=plan.alternatives[i],
+            p=s.mitigation_prob, n=s.mitigation_insertions, rc_words=s.rc_words, rna_high=s.rna_high,
+        )
+        if s.uncond_prob > 0 and rng.random() < s.uncond_prob:
+            caption = ""
+        out.append(caption)
+    return out
+
+
+def draw_step(plan: TrainingPlan, s: FinetuneSettings, step: int, seed: int) -> StepBatch:
+    """Images, flips and captions of one step, drawn from generators seeded by ``(seed, step)``."""
+    indices = draw_indices(plan, step, s.batch_size, seed)
+    flips = (
+        numpy_rng(seed, "finetune", "flip", step).integers(0, 2, size=len(indices))
+        if s.random_flip else np.zeros(len(indices), dtype=np.int64)
+    )
+    captions = draw_captions(plan, s, indices, python_rng(seed, "finetune", "captions", step))
+    return StepBatch(step, indices, [plan.image_ids[i] for i in indices], flips, captions)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# latents
+
+
+def image_tensor(data: bytes, resolution: int) -> torch.Tensor:
+    """PNG/JPEG bytes → ``[3, R, R]`` float in [-1, 1] (short edge resized, center crop; the paper's transform)."""
+    img = resize_center_crop(decode_image(data), resolution)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+@torch.no_grad()
+def encode_latents(pipe, images: Sequence[bytes], resolution: int, random_flip: bool, device: torch.device,
+                   batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode every image once with the frozen autoencoder: mean (and std when the autoencoder is stochastic) of
+    the scaled latents, ``[N, F, C, h, w]`` with ``F`` = 2 flips (or 1)."""
+    vae = pipe.vae
+    scale = float(vae.config.scaling_factor)
+    flips = 2 if random_flip else 1
+    means, stds = [], []
+    for start in progress(range(0, len(images), batch_size), desc="encode latents", unit="batch"):
+        x = torch.stack([image_tensor(b, resolution) for b in images[start:start + batch_size]])
+        views = [x, torch.flip(x, dims=[3])][:flips]
+        batch = torch.cat(views).to(device=device, dtype=vae.dtype)
+        dist = vae.encode(batch).latent_dist
+        m, sd = dist.mean.float() * scale, dist.std.float() * scale
+        n = x.shape[0]
+        means.append(torch.stack(m.split(n), dim=1))
+        stds.append(torch.stack(sd.split(n), dim=1))
+    mean, std = torch.cat(means), torch.cat(stds)
+    return mean, (std if bool((std > 0).any()) else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def fingerprint(s: FinetuneSettings, seed: int, plan: TrainingPlan, table: pd.DataFrame, base_checksum: str) -> str:
+    """A hash of everything that decides the trained weights (settings, seed, data, base model)."""
+    settings = {k: v for k, v in s.to_dict().items() if k not in FinetuneSettings.NON_SEMANTIC}
+    h = hashlib.sha256(json.dumps({"settings": settings, "seed": seed, "base": base_checksum},
+                                  sort_keys=True, default=str).encode())
+    sha = table["sha256"] if "sha256" in table.columns else [hashlib.sha256(b).hexdigest() for b in table["image"]]
+    for i, digest, c, a in zip(plan.image_ids, sha, plan.base_captions, plan.alternatives, strict=True):
+        h.update(json.dumps([i, str(digest), c, a]).encode())
+    return h.hexdigest()
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("step_*.pt")) if folder.exists() else []
+
+
+def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``step_<step>.pt`` atomically (temp file + rename) and keep the newest ``keep`` checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:09d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in _checkpoint_files(folder)[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    files = _checkpoint_files(folder)
+    return files[-1] if files else None
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the finetuned pipeline and its provenance."""
+
+    pipe: Any
+    plan: TrainingPlan
+    loss_history: list[list[float]]  # [[step, mean loss over the logging window], ...]
+    lr_history: list[list[float]]
+    sample_grids: dict[int, np.ndarray]  # step -> uint8 [H, W, 3]
+    samples_per_image: np.ndarray  # how often each image was drawn
+    seconds: float
+    samples_per_s: float
+    steps_run: int
+    resumed_from: int | None
+    base_checksum: str
+    final_checksum: str
+    components: dict[str, Any]
+    device: str
+    precision: str
+    fingerprint: str
+
+
+def _mixed_precision(s: FinetuneSettings, device: torch.device) -> torch.dtype | None:
+    mp = s.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if device.type == "cuda" else "no"
+    if mp == "no":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"finetune.mixed_precision={mp} needs a CUDA device (this run uses {device}); use no or auto")
+    return torch.bfloat16 if mp == "bf16" else torch.float16
+
+
+def prepare_model(s: FinetuneSettings, plan: TrainingPlan, seed: int, device: torch.device):
+    """Load the base model (checked first: a missing folder or uncached id fails before anything else)."""
+    resolve_source(s.base_model)
+    captions_seen = sorted({c for a in plan.alternatives for c in a} | set(plan.base_captions))
+    pipe = load_pipeline(s.base_model, captions=captions_seen, resolution=s.resolution, seed=seed, **s.tiny)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return pipe
+
+
+def _distributed():
+    """An ``accelerate.Accelerator`` when launched on several processes (``accelerate launch``), else ``None``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def train(
+    table: pd.DataFrame,
+    s: FinetuneSettings,
+    seed: int,
+    device: torch.device,
+    observer: Callable[[StepBatch, torch.Tensor], None] | None = None,
+) -> TrainResult:
+    """Finetune ``s.base_model`` on ``table`` (the ``finetune_set``). Returns the trained pipeline and its record.
+
+    ``observer(batch, encoder_hidden_states)`` is called at every step with what the UNet is about to be fed (for
+    tests and diagnostics); an exception it raises stops training (the last checkpoint stays resumable).
+    """
+    table = as_frame(table)
+    plan = make_plan(table, s, seed)
+    accelerator = _distributed()
+    if accelerator is not None:
+        device = accelerator.device
+    amp = _mixed_precision(s, device)
+    pipe = prepare_model(s, plan, seed, device)
+    unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
+    base_checksum = weights_checksum(unet, text_encoder)
+    fp = fingerprint(s, seed, plan, table, base_checksum)
+
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(s.train_text_encoder)
+    unet.requires_grad_(True)
+    unet.train()
+    text_encoder.train(s.train_text_encoder)
+    if s.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if s.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unsupported prediction_type {prediction_type!r} in the scheduler config")
+    n_timesteps = int(noise_scheduler.config.num_train_timesteps)
+
+    t0 = time.perf_counter()
+    mean_latents, std_latents = encode_latents(pipe, list(table["image"]), s.resolution, s.random_flip, device)
+    encode_seconds = time.perf_counter() - t0
+
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if s.train_text_encoder else [])
+    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, betas=(s.adam_beta1, s.adam_beta2),
+                                  weight_decay=s.weight_decay, eps=s.adam_epsilon, fused=True)
+    lr_scheduler = get_scheduler(s.lr_schedule, optimizer, num_warmup_steps=s.lr_warmup_steps,
+                                 num_training_steps=s.steps)
+    unet_fwd = torch.compile(unet) if s.compile else unet
+    if accelerator is not None:
+        unet_fwd, optimizer = accelerator.prepare(unet_fwd, optimizer)
+        if s.train_text_encoder:
+            text_encoder = accelerator.prepare(text_encoder)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    if s.batch_size % world:
+        raise ValueError(f"finetune.batch_size={s.batch_size} is not divisible by the {world} processes")
+    is_main = rank == 0
+
+    ckpt_dir = Path(s.checkpoint_dir) / fp[:16]
+    start_step, resumed_from = 0, None
+    counts = np.zeros(len(plan.image_ids), dtype=np.int64)
+    step_losses: list[float] = []
+    loss_history: list[list[float]] = []
+    lr_history: list[list[float]] = []
+    sample_grids: dict[int, np.ndarray] = {}
+    last = latest_checkpoint(ckpt_dir) if s.checkpoint_every and s.resume else None
+    if last is not None:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != fp:
+            raise ValueError(f"checkpoint {last} belongs to another run (fingerprint mismatch); remove it")
+        _unwrap(unet_fwd).load_state_dict(state["unet"])
+        if s.train_text_encoder:
+            _unwrap(text_encoder).load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        _set_rng_state(state["rng"])
+        start_step = resumed_from = int(state["step"])
+        counts = state["counts"]
+        step_losses, loss_history, lr_history = state["step_losses"], state["loss_history"], state["lr_history"]
+        sample_grids = state["sample_grids"]
+        logger.info("resuming finetuning from %s (step %d of %d)", last, start_step, s.steps)
+
+    grid_rows = _grid_prompts(plan, s.sample_prompts)
+    pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log/checkpoint, not per step)
+    t_train = time.perf_counter()
+    bar = progress(range(start_step, s.steps), desc="finetune", total=s.steps - start_step, unit="step")
+    for step in bar:
+        batch = draw_step(plan, s, step, seed)
+        np.add.at(counts, batch.indices, 1)
+        local = slice(rank * s.batch_size // world, (rank + 1) * s.batch_size // world)
+        idx = torch.as_tensor(batch.indices[local], device=device)
+        flip = torch.as_tensor(batch.flips[local], device=device)
+        gen = torch_generator(derive_seed(seed, "finetune", "noise", step))
+        latents = mean_latents[idx, flip]
+        shape = (s.batch_size, *latents.shape[1:])
+        noise = torch.randn(shape, generator=gen)[local].to(device)
+        timesteps = torch.randint(0, n_timesteps, (s.batch_size,), generator=gen)[local].to(device)
+        if std_latents is not None:
+            latents = latents + std_latents[idx, flip] * torch.randn(shape, generator=gen)[local].to(device)
+        gn_gen = torch_generator(derive_seed(seed, "finetune", "gn", step))
+
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with torch.set_grad_enabled(s.train_text_encoder):
+                emb = encode_prompts(pipe, batch.captions, device, text_encoder)
+            if s.mitigation == "gn":
+                emb = add_embedding_noise(emb, s.gn_lambda, gn_gen)
+            emb = emb[local]
+            if observer is not None:
+                observer(batch, emb)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+            pred = unet_fwd(noisy, timesteps, encoder_hidden_states=emb, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), target.float())
+        if accelerator is not None:
+            accelerator.backward(loss)
+            if s.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, s.max_grad_norm)
+            pending.append(accelerator.reduce(loss.detach(), reduction="mean"))
+        else:
+            loss.backward()
+            if s.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            pending.append(loss.detach())
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        logging_now = done % s.log_every == 0 or done == s.steps
+        checkpoint_now = is_main and s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps
+        if logging_now or checkpoint_now:
+            step_losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
+        if logging_now:
+            window = step_losses[-(done - (int(loss_history[-1][0]) if loss_history else 0)):]
+            loss_history.append([done, float(np.mean(window))])
+            lr_history.append([done, float(lr_scheduler.get_last_lr()[0])])
+        if is_main and s.sample_every and (done % s.sample_every == 0 or done == s.steps):
+            sample_grids[done] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
+        if checkpoint_now:
+            save_checkpoint(ckpt_dir, done, {
+                "fingerprint": fp, "step": done, "unet": _unwrap(unet_fwd).state_dict(),
+                "text_encoder": _unwrap(text_encoder).state_dict() if s.train_text_encoder else None,
+                "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                "rng": _rng_state(), "counts": counts, "step_losses": step_losses,
+                "loss_history": loss_history, "lr_history": lr_history, "sample_grids": sample_grids,
+            }, s.keep_checkpoints)
+    seconds = time.perf_counter() - t_train
+    steps_run = s.steps - start_step
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        pipe.unet = accelerator.unwrap_model(unet_fwd)
+        pipe.text_encoder = accelerator.unwrap_model(text_encoder)
+    unet.eval()
+    pipe.text_encoder.eval()
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    final = weights_checksum(pipe.unet, pipe.text_encoder)
+    if s.sample_every == 0 and s.sample_prompts and is_main:
+        sample_grids[s.steps] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
+    logger.info("finetuned %d steps in %.1f s (%.1f samples/s; latents encoded in %.1f s)",
+                steps_run, seconds, steps_run * s.batch_size / max(seconds, 1e-9), encode_seconds)
+    return TrainResult(
+        pipe=pipe, plan=plan, loss_history=loss_history, lr_history=lr_history, sample_grids=sample_grids,
+        samples_per_image=counts, seconds=seconds,
+        samples_per_s=steps_run * s.batch_size / max(seconds, 1e-9), steps_run=steps_run,
+        resumed_from=resumed_from, base_checksum=base_checksum, final_checksum=final,
+        components=describe_pipeline(pipe) | {"base_model": s.base_model, "attention": _attention(pipe.unet)},
+        device=describe_device(device), precision=str(amp).replace("torch.", "") if amp else "float32",
+        fingerprint=fp,
+    )
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module behind ``torch.compile`` / DDP wrappers (whose state-dict keys would carry prefixes)."""
+    while True:
+        inner = getattr(module, "_orig_mod", None) or getattr(module, "module", None)
+        if inner is None:
+            return module
+        module = inner
+
+
+def _attention(unet) -> str:
+    procs = {type(p).__name__ for p in unet.attn_processors.values()}
+    return ",".join(sorted(procs)) or "none"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sample grids
+
+
+def _grid_prompts(plan: TrainingPlan, k: int) -> list[int]:
+    """Rows for the sample grid: up to ``k // 2`` duplicated images first, then non-duplicated ones (sorted ids)."""
+    order = np.argsort(np.asarray(plan.image_ids))
+    dup = [int(i) for i in order if plan.duplicated[i]][: k // 2 if plan.duplicated.any() else 0]
+    rest = [int(i) for i in order if not plan.duplicated[i]]
+    return (dup + rest)[:k]
+
+
+@torch.no_grad()
+def sample_grid(pipe, table: pd.DataFrame, plan: TrainingPlan, rows: list[int], s: FinetuneSettings, seed: int,
+                device: torch.device, amp: torch.dtype | None) -> np.ndarray:
+    """A uint8 grid: one row per prompt, the training image then two generations from its training caption."""
+    if not rows:
+        return np.zeros((s.resolution, s.resolution, 3), dtype=np.uint8)
+    was_training = pipe.unet.training
+    pipe.unet.eval()
+    prompts = [plan.base_captions[r] for r in rows]
+    gen = torch_generator(derive_seed(seed, "finetune", "sample_grid"))
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        images = pipe(
+            prompts, num_images_per_prompt=2, num_inference_steps=s.sample_steps, guidance_scale=s.sample_guidance,
+            generator=gen, height=s.resolution, width=s.resolution, output_type="np",
+        ).images
+    pipe.unet.train(was_training)
+    tiles = []
+    for j, r in enumerate(rows):
+        ref = (image_tensor(table["image"].iloc[r], s.resolution).permute(1, 2, 0).numpy() + 1) / 2
+        tiles.append(np.concatenate([ref, images[2 * j], images[2 * j + 1]], axis=1))
+    return (np.clip(np.concatenate(tiles, axis=0), 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,24 @@
+"""finetune: train the base model (tiny by default, SD 2.1 in ``conf/paper``) on ``finetune_set``."""
+
+from kedro.pipeline import Node, Pipeline
+
+from copying_study.pipelines.finetune.nodes import finetune_model, plot_sample_grids
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                finetune_model,
+                inputs=["finetune_set", "params:finetune", "params:seed", "params:device"],
+                outputs=["finetuned_model", "training_record", "finetune_metrics", "finetune_grids"],
+                name="finetune_model",
+            ),
+            Node(
+                plot_sample_grids,
+                inputs="finetune_grids",
+                outputs="finetune_sample_grids",
+                name="plot_finetune_sample_grids",
+            ),
+        ]
+    )

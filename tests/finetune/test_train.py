@@ -1,0 +1,199 @@
+"""The training loop on the (very small) tiny model: what the UNet is conditioned on, learning, determinism,
+checkpoint/resume, and errors before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from copying_study.diffusion.models import build_tiny_pipeline, encode_prompts, weights_checksum
+from copying_study.diffusion.train import (
+    draw_step,
+    encode_latents,
+    latest_checkpoint,
+    make_plan,
+    train,
+)
+from tests.conftest import make_training_set
+from tests.finetune.helpers import TEST_TINY, small
+
+CPU = torch.device("cpu")
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return make_training_set(n=12, size=16, seed=2, n_dup_clusters=0)
+
+
+class Recorder:
+    """An observer that keeps what the UNet was fed, and can stop training at a given step (a simulated kill)."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.batches, self.embeddings, self.stop_at = [], [], stop_at
+
+    def __call__(self, batch, emb):
+        if batch.step == self.stop_at:
+            raise KeyboardInterrupt(f"killed at step {batch.step}")
+        self.batches.append(batch)
+        self.embeddings.append(emb.detach().clone())
+
+
+def base_pipe(table, s):
+    """The untrained base model exactly as ``train`` builds it (same captions, seed and sizes)."""
+    plan = make_plan(table, s, SEED)
+    captions = sorted({c for a in plan.alternatives for c in a} | set(plan.base_captions))
+    return build_tiny_pipeline(captions, resolution=s.resolution, seed=SEED, **TEST_TINY)
+
+
+def test_frozen_text_encoder_feeds_the_unet_the_drawn_captions_embeddings(table):
+    s = small(mitigation="rt", train_text_encoder=False, steps=3)
+    rec = Recorder()
+    result = train(table, s, SEED, CPU, observer=rec)
+    pipe = base_pipe(table, s)
+    plan = make_plan(table, s, SEED)
+    for step, (batch, emb) in enumerate(zip(rec.batches, rec.embeddings, strict=True)):
+        assert batch.captions == draw_step(plan, s, step, SEED).captions
+        assert torch.equal(emb, encode_prompts(pipe, batch.captions, CPU))
+    # the text encoder did not change; the UNet did
+    assert weights_checksum(result.pipe.text_encoder) == weights_checksum(pipe.text_encoder)
+    assert weights_checksum(result.pipe.unet) != weights_checksum(pipe.unet)
+
+
+def test_gaussian_noise_mitigation_perturbs_the_embeddings_by_lambda(table):
+    s = small(mitigation="gn", gn_lambda=0.3, train_text_encoder=False, steps=2, batch_size=8)
+    rec = Recorder()
+    train(table, s, SEED, CPU, observer=rec)
+    pipe = base_pipe(table, s)
+    for batch, emb in zip(rec.batches, rec.embeddings, strict=True):
+        clean = encode_prompts(pipe, batch.captions, CPU)
+        assert batch.captions == [make_plan(table, s, SEED).base_captions[i] for i in batch.indices]
+        assert (emb - clean).std().item() == pytest.approx(0.3, rel=0.05)
+        assert abs((emb - clean).mean().item()) < 0.02
+    assert not torch.equal(rec.embeddings[0][0] - encode_prompts(pipe, rec.batches[0].captions[:1], CPU)[0],
+                           rec.embeddings[1][0] - encode_prompts(pipe, rec.batches[1].captions[:1], CPU)[0])
+
+
+def test_trained_text_encoder_changes(table):
+    s = small(train_text_encoder=True, steps=2)
+    result = train(table, s, SEED, CPU)
+    assert weights_checksum(result.pipe.text_encoder) != weights_checksum(base_pipe(table, s).text_encoder)
+    assert result.components["text_encoder"] == "CLIPTextModel"
+    assert result.components["vae"] == "PixelShuffleAutoencoder"
+
+
+def test_latents_are_cached_for_both_flips(table):
+    s = small()
+    pipe = base_pipe(table, s)
+    mean, std = encode_latents(pipe, list(table["image"][:3]), 16, True, CPU)
+    assert std is None  # the stand-in autoencoder is deterministic
+    assert mean.shape == (3, 2, 12, 8, 8)
+    # flipping the image flips the decoded latents
+    x = pipe.vae.decode(mean[:, 0]).sample
+    assert torch.allclose(pipe.vae.decode(mean[:, 1]).sample, torch.flip(x, dims=[3]))
+
+
+def test_loss_falls(table):
+    s = small(steps=60, batch_size=12, learning_rate=3e-3, lr_warmup_steps=5, log_every=10)
+    result = train(table, s, SEED, CPU)
+    losses = [v for _, v in result.loss_history]
+    assert [int(st) for st, _ in result.loss_history] == [10, 20, 30, 40, 50, 60]
+    assert losses[-1] < 0.6 * losses[0]
+    assert result.lr_history[-1][1] == pytest.approx(3e-3)
+    assert result.samples_per_s > 0 and result.steps_run == 60
+
+
+def test_same_seed_same_weights_and_other_seed_other_weights(table):
+    s = small(steps=3, mitigation="rc")
+    a, b = train(table, s, SEED, CPU), train(table, s, SEED, CPU)
+    assert a.final_checksum == b.final_checksum and a.loss_history == b.loss_history
+    assert train(table, s, SEED + 1, CPU).final_checksum != a.final_checksum
+
+
+def test_killed_run_resumes_from_its_checkpoint_to_the_same_weights(table, tmp_path: Path):
+    common = dict(steps=6, checkpoint_every=2, keep_checkpoints=2, train_text_encoder=True, mitigation="rt",
+                  duplication="full", dup_fraction=0.2, ddf=3.0)
+    reference = train(table, small(**common, checkpoint_dir=str(tmp_path / "ref")), SEED, CPU)
+
+    s = small(**common, checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(KeyboardInterrupt):
+        train(table, s, SEED, CPU, observer=Recorder(stop_at=5))  # dies during step 6 of 6
+    folder = next((tmp_path / "ckpt").iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000000002.pt", "step_000000004.pt"]
+    assert latest_checkpoint(folder).name == "step_000000004.pt"
+
+    rec = Recorder()
+    resumed = train(table, s, SEED, CPU, observer=rec)
+    assert resumed.resumed_from == 4 and resumed.steps_run == 2
+    assert [b.step for b in rec.batches] == [4, 5]
+    for name, module in (("unet", "unet"), ("text_encoder", "text_encoder")):
+        ref_state = getattr(reference.pipe, module).state_dict()
+        for key, value in getattr(resumed.pipe, module).state_dict().items():
+            assert torch.equal(value, ref_state[key]), f"{name}.{key} differs after resume"
+    assert resumed.final_checksum == reference.final_checksum
+    assert resumed.loss_history == reference.loss_history
+    assert np.array_equal(resumed.samples_per_image, reference.samples_per_image)
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(table, tmp_path: Path):
+    s = small(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        train(table, s, SEED, CPU, observer=Recorder(stop_at=3))
+    other = train(table, small(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path), learning_rate=2e-3),
+                  SEED, CPU)
+    assert other.resumed_from is None
+    assert len(list(tmp_path.iterdir())) == 2  # one folder per run fingerprint
+
+
+def test_missing_base_model_fails_before_training(table, tmp_path: Path):
+    rec = Recorder()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        train(table, small(base_model=str(tmp_path / "no-model")), SEED, CPU, observer=rec)
+    with pytest.raises(FileNotFoundError, match="not in the local cache"):
+        train(table, small(base_model="nobody-here/no-such-model-xyz"), SEED, CPU, observer=rec)
+    with pytest.raises(ValueError, match="empty"):
+        train(table.iloc[:0], small(), SEED, CPU, observer=rec)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        train(table, small(mixed_precision="bf16"), SEED, CPU, observer=rec)
+    assert rec.batches == []
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+from copying_study.diffusion.train import train
+from tests.conftest import make_training_set
+from tests.finetune.helpers import small
+table = make_training_set(n=12, size=16, seed=2, n_dup_clusters=0)
+result = train(table, small(steps=3, batch_size=4, train_text_encoder=True), 3, torch.device("cpu"))
+if int(os.environ.get("RANK", "0")) == 0:
+    torch.save({"unet": result.pipe.unet.state_dict(), "loss": result.loss_history}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_data_parallel_like_one(tmp_path: Path):
+    """``torchrun``/``accelerate launch`` with 2 CPU processes (gloo): each trains on half of every global batch;
+    the result matches one process up to float reduction order (Adam amplifies it to ~lr per step)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                            str(tmp_path / "two.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["loss"][0][1] == pytest.approx(two["loss"][0][1], rel=1e-5)  # same batch, same start
+    assert one["loss"][1][1] == pytest.approx(two["loss"][1][1], rel=1e-3)  # one (all-reduced) update later
+    assert max((one["unet"][k] - two["unet"][k]).abs().max().item() for k in one["unet"]) < 1e-2
