@@ -17,7 +17,7 @@ SMALL = {
     "text_layers": 1,
     "text_heads": 2,
     "text_max_length": 16,
-    "tokenizer_vocab_size": 300,
+    "tokenizer_vocab_size": 600,
 }
 
 
