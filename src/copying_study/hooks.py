@@ -188,7 +188,21 @@ class MlflowTrackingHooks:
     @hook_impl
     def after_pipeline_run(self, run_params, run_result, pipeline, catalog):
         self._write_manifest(catalog)
+        self._print_summary(catalog)
         self._finish("FINISHED")
+
+    def _print_summary(self, catalog) -> None:
+        """Print the study's headline numbers when this run evaluated generations."""
+        saved = self.record.get("datasets_saved") or {}
+        if "replication_summary" not in saved and "complexity_correlations" not in saved:
+            return
+        from copying_study.summary import format_summary
+
+        def load(name):
+            return catalog.load(name, version=saved[name]) if saved.get(name) else None
+
+        plots = [str(p) for p in self.record.get("artifacts", []) if str(p).endswith(".png")]
+        print(format_summary(load("replication_summary"), load("complexity_correlations"), plots), flush=True)
 
     @hook_impl
     def on_pipeline_error(self, error, run_params, pipeline, catalog):
