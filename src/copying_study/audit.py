@@ -64,7 +64,7 @@ def compare_json(a: Any, b: Any, tol: float, path: str = "") -> list[str]:
         if len(a) != len(b):
             diffs.append(f"{path}: length {len(a)} vs {len(b)}")
         else:
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
                 diffs += compare_json(x, y, tol, f"{path}[{i}]")
     elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         if not _close(float(a), float(b), tol):
@@ -94,7 +94,7 @@ def compare_frames(a, b, tol: float) -> list[str]:
                 bad = int(np.sum(~np.isclose(xa, ya, rtol=tol, atol=tol, equal_nan=True)))
                 diffs.append(f"column {col}: {bad} rows differ")
         else:
-            bad = [i for i, (u, v) in enumerate(zip(x, y)) if compare_json(_plain(u), _plain(v), tol)]
+            bad = [i for i, (u, v) in enumerate(zip(x, y, strict=True)) if compare_json(_plain(u), _plain(v), tol)]
             if bad:
                 diffs.append(f"column {col}: {len(bad)} rows differ (first row {bad[0]})")
     return diffs
@@ -255,6 +255,12 @@ def run_audit(run_id: str, project: Path, go_on: bool = False, tolerance: float 
     print(f"audit: re-running {manifest.get('pipeline_names')} (env {manifest.get('env')}) of run "
           f"{manifest.get('kedro_run_id')}; tolerance {tolerance:g}", file=out)
 
+    # An audit re-computes everything: never resume training from checkpoints the recorded run left behind
+    # (resuming is exact, but it would reuse the recorded run's state instead of re-deriving it).
+    params = json.loads(json.dumps(params))
+    if isinstance(params.get("finetune"), dict) and params["finetune"].get("resume"):
+        params["finetune"]["resume"] = False
+        print("audit: finetune.resume set to false: training is redone from the base model", file=out)
     load_versions = {k: v for k, v in inputs.items() if f"{k}@{v}" not in missing}
     with KedroSession.create(project_path=project, env=manifest.get("env"), runtime_params=params) as session:
         session.run(pipeline_names=manifest.get("pipeline_names"), load_versions=load_versions)

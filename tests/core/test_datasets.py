@@ -36,7 +36,7 @@ def test_diffusers_dataset_roundtrip(tmp_path):
     path = str(tmp_path / "model")
     DiffusersPipelineDataset(path, version=Version(None, "v1")).save(pipe)
     loaded = DiffusersPipelineDataset(path, version=Version(None, None)).load()
-    for (k, a), b in zip(unet.state_dict().items(), loaded.unet.state_dict().values()):
+    for (k, a), b in zip(unet.state_dict().items(), loaded.unet.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     as_path = DiffusersPipelineDataset(path, version=Version(None, None), load_args={"as_path": True}).load()
     assert as_path.endswith("v1/model")

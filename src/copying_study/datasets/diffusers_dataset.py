@@ -34,8 +34,9 @@ class DiffusersPipelineDataset(AbstractVersionedDataset[Any, Any]):
         args = dict(self._load_args)
         if args.pop("as_path", False):
             return str(path)
-        import copying_study.diffusion.models  # noqa: F401  (lets diffusers resolve the tiny model's autoencoder)
         from diffusers import DiffusionPipeline
+
+        import copying_study.diffusion.models  # noqa: F401  (lets diffusers resolve the tiny model's autoencoder)
 
         return DiffusionPipeline.from_pretrained(str(path), **args)
 
