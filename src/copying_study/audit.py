@@ -48,8 +48,18 @@ def _close(a: float, b: float, tol: float) -> bool:
     return a == b if tol == 0 else abs(a - b) <= tol * max(1.0, abs(a), abs(b))
 
 
-def compare_json(a: Any, b: Any, tol: float, path: str = "") -> list[str]:
-    """Differences between two JSON-like values (volatile keys are ignored)."""
+def same_up_to_versions(a: str, b: str, versions: tuple[str, str] | None) -> bool:
+    """Strings equal once the recorded and the re-run's version (run id) are replaced by one placeholder: paths of
+    versioned datasets name their version."""
+    if a == b:
+        return True
+    if not versions or not all(versions):
+        return False
+    return a.replace(versions[0], "<version>") == b.replace(versions[1], "<version>")
+
+
+def compare_json(a: Any, b: Any, tol: float, path: str = "", versions: tuple[str, str] | None = None) -> list[str]:
+    """Differences between two JSON-like values (volatile keys are ignored; see ``same_up_to_versions``)."""
     diffs: list[str] = []
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
@@ -59,22 +69,24 @@ def compare_json(a: Any, b: Any, tol: float, path: str = "") -> list[str]:
             if k not in a or k not in b:
                 diffs.append(f"{sub}: only in {'rerun' if k in b else 'record'}")
             else:
-                diffs += compare_json(a[k], b[k], tol, sub)
+                diffs += compare_json(a[k], b[k], tol, sub, versions)
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             diffs.append(f"{path}: length {len(a)} vs {len(b)}")
         else:
             for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                diffs += compare_json(x, y, tol, f"{path}[{i}]")
+                diffs += compare_json(x, y, tol, f"{path}[{i}]", versions)
     elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         if not _close(float(a), float(b), tol):
             diffs.append(f"{path}: {a} vs {b}")
+    elif isinstance(a, str) and isinstance(b, str) and same_up_to_versions(a, b, versions):
+        pass
     elif a != b:
         diffs.append(f"{path}: {str(a)[:60]!r} vs {str(b)[:60]!r}")
     return diffs
 
 
-def compare_frames(a, b, tol: float) -> list[str]:
+def compare_frames(a, b, tol: float, versions: tuple[str, str] | None = None) -> list[str]:
     import pandas as pd
 
     diffs = []
@@ -94,7 +106,7 @@ def compare_frames(a, b, tol: float) -> list[str]:
                 bad = int(np.sum(~np.isclose(xa, ya, rtol=tol, atol=tol, equal_nan=True)))
                 diffs.append(f"column {col}: {bad} rows differ")
         else:
-            bad = [i for i, (u, v) in enumerate(zip(x, y, strict=True)) if compare_json(_plain(u), _plain(v), tol)]
+            bad = [i for i, (u, v) in enumerate(zip(x, y, strict=True)) if compare_json(_plain(u), _plain(v), tol, "", versions)]
             if bad:
                 diffs.append(f"column {col}: {len(bad)} rows differ (first row {bad[0]})")
     return diffs
@@ -119,7 +131,7 @@ def compare_images(a: bytes, b: bytes, tol: float) -> list[str]:
     return [] if worst <= (0 if tol == 0 else 255 * tol * 10) else [f"pixels differ by up to {worst}"]
 
 
-def compare_paths(a: Path, b: Path, tol: float) -> list[str]:
+def compare_paths(a: Path, b: Path, tol: float, versions: tuple[str, str] | None = None) -> list[str]:
     """Compare two saved versions of a dataset on disk, by file type."""
     if a.is_dir() or b.is_dir():
         fa = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
@@ -128,15 +140,15 @@ def compare_paths(a: Path, b: Path, tol: float) -> list[str]:
             return [f"files differ: {sorted(fa ^ fb)[:5]}"]
         diffs = []
         for rel in sorted(fa):
-            diffs += [f"{rel}: {d}" for d in compare_paths(a / rel, b / rel, tol)]
+            diffs += [f"{rel}: {d}" for d in compare_paths(a / rel, b / rel, tol, versions)]
         return diffs
     suffix = a.suffix.lower()
     if suffix == ".parquet":
         import pandas as pd
 
-        return compare_frames(pd.read_parquet(a), pd.read_parquet(b), tol)
+        return compare_frames(pd.read_parquet(a), pd.read_parquet(b), tol, versions)
     if suffix == ".json":
-        return compare_json(json.loads(a.read_text()), json.loads(b.read_text()), tol)
+        return compare_json(json.loads(a.read_text()), json.loads(b.read_text()), tol, "", versions)
     if suffix == ".npz":
         with np.load(a) as za, np.load(b) as zb:
             diffs = []
@@ -279,7 +291,7 @@ def run_audit(run_id: str, project: Path, go_on: bool = False, tolerance: float 
         if old_p is None or not old_p.exists():
             checks.append(Check(name, "MISSING", f"recorded version {version} not on disk"))
             continue
-        diffs = compare_paths(old_p, new_p, tolerance)
+        diffs = compare_paths(old_p, new_p, tolerance, (version, new_version))
         checks.append(Check(name, "DIFFERS" if diffs else "match", "; ".join(diffs[:3])))
 
     checks += compare_mlflow_metrics(run, new_record.get("mlflow_run_id"), tolerance)

@@ -66,3 +66,16 @@ def test_compare_paths_by_type(tmp_path):
     pd.DataFrame({"v": [1.0]}).to_parquet(tmp_path / "t1.parquet")
     pd.DataFrame({"v": [2.0]}).to_parquet(tmp_path / "t2.parquet")
     assert compare_paths(tmp_path / "t1.parquet", tmp_path / "t2.parquet", 0.0) == ["column v: 1 rows differ"]
+
+
+def test_paths_naming_the_run_version_compare_equal():
+    v = ("2026-11-24T04.02.10.117Z", "2026-11-24T04.08.00.000Z")
+    a = {"model": {"source": f"data/06_models/finetuned_model/{v[0]}/finetuned_model"}}
+    b = {"model": {"source": f"data/06_models/finetuned_model/{v[1]}/finetuned_model"}}
+    assert compare_json(a, b, 0.0, "", v) == []
+    assert compare_json(a, b, 0.0) != []  # without the versions the paths differ
+    c = {"model": {"source": f"data/06_models/other_model/{v[1]}/finetuned_model"}}
+    assert compare_json(a, c, 0.0, "", v) != []
+    frame_a = pd.DataFrame({"model": [a["model"]["source"]]})
+    frame_b = pd.DataFrame({"model": [b["model"]["source"]]})
+    assert compare_frames(frame_a, frame_b, 0.0, v) == []
