@@ -79,3 +79,10 @@ def test_paths_naming_the_run_version_compare_equal():
     frame_a = pd.DataFrame({"model": [a["model"]["source"]]})
     frame_b = pd.DataFrame({"model": [b["model"]["source"]]})
     assert compare_frames(frame_a, frame_b, 0.0, v) == []
+
+
+def test_resuming_is_not_a_difference():
+    a = {"settings": {"resume": True, "lr": 0.1}, "resumed_from_step": None}
+    b = {"settings": {"resume": False, "lr": 0.1}, "resumed_from_step": 300}
+    assert compare_json(a, b, 0.0) == []
+    assert compare_json(a, {**b, "settings": {"resume": False, "lr": 0.2}}, 0.0) == ["settings.lr: 0.1 vs 0.2"]
