@@ -45,7 +45,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "inference_mitigation", "finetune_steps", "n_generations", "dataset_similarity", "dataset_similarity_ci_low",
     "dataset_similarity_ci_high", "fraction_above_0_5", "mean_similarity", "quality", "quality_name", "fid",
     "frechet_distance", "clipscore", "clipscore_reason", "background_dataset_similarity",
-    "duplicated_dataset_similarity", "not_duplicated_dataset_similarity", "entropy_pearson_r",
+    "duplicated_dataset_similarity", "not_duplicated_dataset_similarity", "duplicated_mean_similarity",
+    "not_duplicated_mean_similarity", "n_duplicated_prompts", "entropy_pearson_r",
     "entropy_pearson_ci_low", "entropy_pearson_ci_high", "entropy_pearson_p", "jpeg_pearson_r", "descriptor",
 )
 """Columns of ``study_results`` (one row per cell and seed)."""
@@ -204,9 +205,9 @@ def _num(value: Any) -> float:
     return out if math.isfinite(out) else math.nan
 
 
-def _split_similarity(summary: Mapping[str, Any], group: str) -> float:
+def _split_similarity(summary: Mapping[str, Any], group: str, statistic: str = "dataset_similarity") -> float:
     split = (summary.get("splits") or {}).get("source_duplicated") or {}
-    return _num((split.get(group) or {}).get("dataset_similarity"))
+    return _num((split.get(group) or {}).get(statistic))
 
 
 def results_row(cell: Mapping[str, Any], finetune: Mapping[str, Any], generate: Mapping[str, Any],
@@ -248,6 +249,10 @@ def results_row(cell: Mapping[str, Any], finetune: Mapping[str, Any], generate: 
         "background_dataset_similarity": _num(background.get("dataset_similarity")),
         "duplicated_dataset_similarity": _split_similarity(summary, "duplicated"),
         "not_duplicated_dataset_similarity": _split_similarity(summary, "not_duplicated"),
+        # few generations come from duplicated images' prompts (dup_fraction): their mean is the steadier statistic
+        "duplicated_mean_similarity": _split_similarity(summary, "duplicated", "mean"),
+        "not_duplicated_mean_similarity": _split_similarity(summary, "not_duplicated", "mean"),
+        "n_duplicated_prompts": _split_similarity(summary, "duplicated", "n"),
         "entropy_pearson_r": _num(entropy.get("pearson_r")),
         "entropy_pearson_ci_low": _num(entropy_ci[0]), "entropy_pearson_ci_high": _num(entropy_ci[1]),
         "entropy_pearson_p": _num(entropy.get("pearson_p")),

@@ -114,8 +114,8 @@ def summary(similarity: float, fid=None) -> dict:
             "frechet_distance": 12.5, "frechet_features": "copy descriptor 'default' (497-d) — not FID",
             "clipscore": None, "clipscore_info": {"reason": "no CLIP model"},
             "background": {"dataset_similarity": 0.7},
-            "splits": {"source_duplicated": {"duplicated": {"dataset_similarity": 0.95},
-                                             "not_duplicated": {"dataset_similarity": 0.6}}},
+            "splits": {"source_duplicated": {"duplicated": {"dataset_similarity": 0.95, "mean": 0.8, "n": 3},
+                                             "not_duplicated": {"dataset_similarity": 0.6, "mean": 0.5, "n": 5}}},
             "descriptor": {"name": "default"}}
 
 
@@ -139,6 +139,8 @@ def test_results_row_and_table_carry_every_metric_and_name_the_quality_stand_in(
     assert r["quality"] == 12.5 and "not FID" in r["quality_name"] and math.isnan(r["fid"])
     assert math.isnan(r["clipscore"]) and r["clipscore_reason"] == "no CLIP model"
     assert (r["duplicated_dataset_similarity"], r["not_duplicated_dataset_similarity"]) == (0.95, 0.6)
+    assert (r["duplicated_mean_similarity"], r["not_duplicated_mean_similarity"], r["n_duplicated_prompts"]) == \
+        (0.8, 0.5, 3)
     assert r["entropy_pearson_r"] == -0.3 and r["entropy_pearson_ci_high"] == -0.1
     with_fid = results_row(cells[0].__dict__ | {"namespace": "n", "gallery_n": 0, "from": None},
                            BASE["finetune"], BASE["generate"], summary(0.5, fid=33.0), {}, {})
