@@ -246,7 +246,9 @@ def build_tiny_pipeline(captions: Sequence[str], resolution: int = 32, seed: int
         num_train_timesteps=1000,
         beta_schedule=s["beta_schedule"],
         prediction_type=s["prediction_type"],
-        clip_sample=True,  # the stand-in's latents are pixel values in [-1, 1]
+        # StableDiffusionPipeline.__init__ rewrites clip_sample=True to False (with a deprecation warning), so True
+        # here never reached a sampler: say False, which is what every tiny model has been trained and sampled with
+        clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
         timestep_spacing="trailing",
