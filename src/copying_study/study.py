@@ -328,7 +328,9 @@ def _ddf_section(results: pd.DataFrame) -> str:
                   f"</td><td>{r.n}</td></tr>" for r in stats.itertuples()]
     none = over_seeds(plain[plain["duplication"] == "none"], ["duplication"])
     for r in none.itertuples():
-        ax.axhline(r.mean, color="grey", label="no duplication")
+        ax.axhline(r.mean, color="grey", linewidth=0.8)
+        ax.errorbar([1], [r.mean], yerr=[[r.mean - r.min], [r.max - r.mean]], marker="s", capsize=3, color="grey",
+                    label="no duplication (ddf 1)")
         lines.append(f"<tr><td>none</td><td>1</td><td>{_interval(r.mean, r.min, r.max, r.n)}</td><td>{r.n}</td></tr>")
     background = results["background_dataset_similarity"].dropna()
     if not background.empty:
