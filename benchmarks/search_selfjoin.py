@@ -52,15 +52,16 @@ def project_exact(x: np.ndarray, threshold: float) -> int:
     return int(i.size)
 
 
-def dense_torch(x: np.ndarray, threshold: float, block: int = 2048, fraction: float = 1.0) -> int:
+def dense_torch(x: np.ndarray, threshold: float, block: int = 2048, fraction: float = 1.0) -> tuple[int, float]:
     """The paper code's approach: dense similarity blocks with torch.mm, then a threshold (pairs i < j kept).
 
     ``fraction`` < 1 runs only that share of the row blocks, evenly spaced (every block costs the same: block × N × d
-    products), for a timing to be extrapolated; the pair count is then of those blocks only."""
+    products), for a timing to be extrapolated; the pair count is then of those blocks only.
+    Returns (pairs found, share of the row blocks that ran)."""
     import torch
 
     t = torch.from_numpy(x)
-    starts = list(range(0, len(x), block))
+    starts = all_starts = list(range(0, len(x), block))
     if fraction < 1.0:
         keep = max(1, round(len(starts) * fraction))
         starts = [starts[i] for i in np.linspace(0, len(starts) - 1, keep).round().astype(int)]
@@ -69,7 +70,7 @@ def dense_torch(x: np.ndarray, threshold: float, block: int = 2048, fraction: fl
         sims = t[start : start + block] @ t.T
         rows, cols = torch.nonzero(sims >= threshold, as_tuple=True)
         found += int(((rows + start) < cols).sum())
-    return found
+    return found, len(starts) / len(all_starts)
 
 
 def sgemm_rate(n: int) -> dict[str, float]:
@@ -127,19 +128,13 @@ def worker(method: str, n: int, threshold: float, fraction: float = 1.0) -> dict
     import copying_study.search  # noqa: F401
 
     x = synthetic(n)
-    sampler = RssSampler().__enter__()
-    t0 = time.perf_counter()
-    if method == "dense_torch":
-        pairs = dense_torch(x, threshold, fraction=fraction)
-        blocks = -(-n // 2048)
-        done = max(1, round(blocks * fraction)) if fraction < 1.0 else blocks
-        seconds = (time.perf_counter() - t0) * blocks / done  # extrapolated to every block when fraction < 1
-        measured = done / blocks
-    else:
-        pairs = project_exact(x, threshold)
-        seconds = time.perf_counter() - t0
-        measured = 1.0
-    sampler.__exit__()
+    with RssSampler() as sampler:
+        t0 = time.perf_counter()
+        if method == "dense_torch":
+            pairs, measured = dense_torch(x, threshold, fraction=fraction)
+        else:
+            pairs, measured = project_exact(x, threshold), 1.0
+        seconds = (time.perf_counter() - t0) / measured  # extrapolated to every row block when measured < 1
     return {"method": method, "n": n, "seconds": seconds, "pairs": pairs, "measured_share": measured,
             "work_mb": (sampler.peak - sampler.start) / 2**20, "input_mb": x.nbytes / 2**20,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
