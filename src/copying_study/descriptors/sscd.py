@@ -9,6 +9,7 @@ which is a no-op for them. Scores: cosine; 0.75 ≈ 90 % precision on DISC2021 f
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ class SSCDDescriptor(Descriptor):
     """SSCD TorchScript model (``sscd_disc_mixup.torchscript.pt`` etc.)."""
 
     name = "sscd"
+    #: the paper's copy threshold on SSCD's scale ("similarity > 0.5 ... likely to be copies", §3-4)
+    standard_copy_threshold = 0.5
 
     def __init__(
         self,
@@ -46,8 +49,9 @@ class SSCDDescriptor(Descriptor):
         batch_size: int = 32,
         device: str = "auto",
         half: bool | None = None,
+        whitening: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, half=half)
+        super().__init__(batch_size=batch_size, device=device, half=half, whitening=whitening)
         if resize_mode not in DEFAULT_SIZES:
             raise ValueError(f"descriptor.resize_mode '{resize_mode}' is not one of {', '.join(DEFAULT_SIZES)}")
         self.path = require_file(path, "descriptor.path (SSCD TorchScript file)")
