@@ -82,3 +82,19 @@ def test_a_calibration_of_another_descriptor_is_refused(record):
         check_calibration(record, other)
     with pytest.raises(ValueError, match="no copy_threshold"):
         check_calibration({}, other)
+
+
+def test_sscd_keeps_the_papers_threshold_and_gets_its_figures_measured(tmp_path):
+    import torch
+
+    from tests.dedup.test_descriptors import TinyConvNet
+
+    path = tmp_path / "sscd_tiny.torchscript.pt"
+    torch.manual_seed(0)
+    torch.jit.trace(TinyConvNet().eval(), torch.rand(1, 3, 64, 64)).save(str(path))
+    sscd = load_descriptor({"name": "sscd", "path": str(path), "size": 64, "device": "cpu"})
+    record = calibrate(sscd, ["synthetic"], n=24)
+    assert record["copy_threshold"] == 0.5 and "published copy rule" in record["threshold_rule"]
+    r = record["families"]["synthetic"]
+    assert r["n_negative_pairs"] == 24 * 23 // 2 and 0.0 <= r["false_positive_rate"] <= 1.0
+    assert record["descriptor"]["name"] == "sscd" and record["descriptor"]["weights"]["sha256"]
