@@ -102,8 +102,9 @@ class HandcraftedDescriptor(Descriptor):
         batch_size: int = 256,
         device: str = "auto",
         half: bool | None = None,
+        workers: int | str = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, half=False)  # float32: cheap, and exact across devices
+        super().__init__(batch_size=batch_size, device=device, half=False, workers=workers)  # float32: cheap, and exact across devices
         scales = [int(s) for s in layout_scales]
         for key, cells in [("layout_scales", s) for s in scales] + [("hog_cells", hog_cells), ("hue_cells", hue_cells)]:
             if int(cells) < 1 or int(work_size) % int(cells):
