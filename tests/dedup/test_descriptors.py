@@ -249,13 +249,13 @@ def test_uint8_transfer_then_normalise_equals_the_float_transform_bit_for_bit():
     from copying_study.descriptors.preprocess import ImageTransform
 
     rng = np.random.default_rng(0)
-    for transform in (ImageTransform(288, "short_edge"), ImageTransform(320, "square"),
-                      ImageTransform(224, "short_edge", crop=224, mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic")):
+    for tf in (ImageTransform(288, "short_edge"), ImageTransform(320, "square"),
+               ImageTransform(224, "short_edge", crop=224, mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic")):
         for shape in ((100, 200, 3), (300, 240, 3), (64, 64, 3)):
             img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
-            small = transform.to_uint8(img)
+            small = tf.to_uint8(img)
             assert small.dtype == torch.uint8
-            assert torch.equal(transform.normalise(small[None])[0], transform(img))
+            assert torch.equal(tf.normalise(small[None])[0], tf(img))
 
 
 def test_encoding_in_worker_threads_gives_the_same_bytes_in_the_same_order(tmp_path):
