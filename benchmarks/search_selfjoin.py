@@ -264,8 +264,9 @@ def gpu_main(args) -> None:
     device = torch.device(args.device)
     start_all = time.perf_counter()
     faiss_gpu = gpu_available()
+    consequence = ": the project runs its torch backend" if device.type == "cuda" else " (a CPU run: faiss on the CPU)"
     print(f"# self-join on {describe_device(device)}, torch {torch.__version__}; faiss with GPU support: "
-          f"{'yes' if faiss_gpu else 'NO (this faiss build has none): the project runs its torch backend'}")
+          f"{'yes' if faiss_gpu else 'NO (this faiss build has none)' + consequence}")
     print(f"# threshold {args.threshold}, d={DIM}, 2% planted near copies; baseline = dense float32 torch.mm "
           "blocks (the paper code's method) timed on a share of its row blocks and extrapolated ('~')")
     print("| N | method | seconds | pairs | equivalent TFLOP/s (2·N²·d / s) | check |")
