@@ -82,6 +82,7 @@ class ImageTransform:
         resample_filter(resample)
         self.resize, self.mode, self.crop = int(resize), mode, (int(crop) if crop else None)
         self.mean, self.std, self.resample = tuple(map(float, mean)), tuple(map(float, std)), resample
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return to_normalized_tensor(self.geometry(img), self.mean, self.std)
@@ -105,8 +106,11 @@ class ImageTransform:
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 ``[..., 3, H, W]`` -> float32 ``(x / 255 - mean) / std``, the same float32 operations in the same
         order as :func:`to_normalized_tensor` (so the same values), on ``batch``'s device."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device)[:, None, None]
+        if batch.device not in self._stats:  # made once per device: a copy to a GPU would wait for its queue
+            self._stats[batch.device] = tuple(
+                torch.tensor(v, dtype=torch.float32, device=batch.device)[:, None, None] for v in (self.mean, self.std)
+            )
+        mean, std = self._stats[batch.device]
         return (batch.to(torch.float32) / 255.0 - mean) / std
 
     def describe(self) -> dict[str, Any]:

@@ -403,8 +403,8 @@ class Sampler:
 class GraphedUNet:
     """A UNet's forward pass for one fixed input shape, captured in a CUDA graph and replayed.
 
-    The inputs are copied into static tensors, the graph replays the captured kernels, and the output is a static
-    tensor that the next replay overwrites (the sampler consumes it before then). The timestep must be a tensor on
+    The inputs are copied into static tensors, the graph replays the captured kernels, and a copy of the static
+    output is returned (the next replay overwrites it). The timestep must be a tensor on
     the device (the scheduler's ``timesteps`` are), so that each step's value is read by the graph, not baked in.
     """
 
@@ -434,7 +434,7 @@ class GraphedUNet:
         self.t.copy_(t)
         self.hidden.copy_(hidden)
         self.graph.replay()
-        return self.out
+        return self.out.clone()  # the next replay overwrites self.out; a scheduler may keep what it was given
 
 
 def settings_record(settings: MitigationSettings) -> dict[str, Any]:

@@ -89,16 +89,15 @@ def torch_threshold_pairs(
     ``max_neighbors`` pairs (those keep their top ones). ``half`` (default: on CUDA) computes the candidate tiles
     in float16; ``col_block`` defaults to what a quarter of the free GPU memory holds."""
     dev = torch_device(device)
-    n, d = x.shape
+    n = x.shape[0]
     half = dev.type == "cuda" if half is None else bool(half)
-    norms = np.linalg.norm(x, axis=1)
-    top = float(norms.max()) if n else 0.0
-    if half and float(np.abs(x).max()) > FP16_MAX / 2:
+    xs = torch.from_numpy(x).to(dev)
+    top = float(torch.linalg.vector_norm(xs, dim=1).max())  # on the device: no N x d temporaries on the host
+    if half and max(float(xs.amax()), -float(xs.amin())) > FP16_MAX / 2:
         raise ValueError("descriptors too large for the float16 candidate pass (|x| > 32752): normalise them or use "
                          "the faiss backend")
     slack = margin * max(1.0, top * top) if half else 1e-5 * max(1.0, top * top)
     low = threshold - slack
-    xs = torch.from_numpy(x).to(dev)
     tiles = xs.half() if half else xs
     if col_block is None:
         col_block = _col_block(dev, row_block, n, tiles.element_size())
