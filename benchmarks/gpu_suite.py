@@ -150,7 +150,12 @@ def tables(output: str) -> str:
     """The lines of a step's output worth keeping in the summary: headers (#), table rows (|) and verdicts."""
     keep = ("#", "|", "goal", "agreement", "project one-off", "saved a random-weight", "python ", "torch ", "GPU",
             "faiss", "diffusers", "transformers", "numpy", "PIL", "torchvision", "NVIDIA")
-    return "\n".join(line for line in output.splitlines() if line.startswith(keep))
+    kept: list[str] = []
+    for line in (line for line in output.splitlines() if line.startswith(keep)):
+        if kept and kept[-1].startswith("|") != line.startswith("|"):
+            kept.append("")  # a table ends (or starts) at a blank line in Markdown
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def main(argv: list[str] | None = None) -> int:
