@@ -2,18 +2,21 @@
 
 A descriptor turns PIL images into L2-normalised float32 vectors whose inner product is the copy-similarity score.
 Subclasses implement ``_prepare`` (one PIL image -> a float tensor) and ``_forward`` (a stacked batch -> raw
-features); ``encode`` does batching, device placement, half precision on CUDA, NaN checks and the final L2 norm.
+features); ``encode`` does batching, device placement, half precision on CUDA, NaN checks, the L2 norm and, when the
+descriptor has a ``whitening`` spec, the centring + PCA whitening of :mod:`copying_study.descriptors.scale` (fitted
+once per process on the generic reference set and recorded, with its sha256, in ``meta()``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,11 +26,15 @@ import torch
 from PIL import Image
 
 from copying_study.descriptors.preprocess import ImageTransform
+from copying_study.descriptors.scale import Whitening, fit_whitening, whitening_spec
 from copying_study.utils.device import describe_device, pick_device
 from copying_study.utils.images import decode_image, to_rgb
 from copying_study.utils.progress import progress
 
 logger = logging.getLogger(__name__)
+
+#: fitted whitenings, keyed by (descriptor identity, whitening spec): fitting encodes the reference set once per process
+_WHITENINGS: dict[str, Whitening] = {}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -71,12 +78,14 @@ class Descriptor(ABC):
 
     #: registry name (``default``, ``sscd``, ``clip``, ``dino``)
     name: str = ""
+    #: a published copy threshold on this descriptor's scale (SSCD: 0.5); ``None``: calibration derives one
+    standard_copy_threshold: float | None = None
     #: True when ``_prepare(image)`` is exactly ``self.transform(image)`` (an :class:`ImageTransform`): images then
     #: travel to the device as uint8 and are normalised there, 4x less to copy, with bit-identical values
     prepares_with_transform: bool = False
 
     def __init__(self, batch_size: int = 64, device: str = "auto", half: bool | None = None,
-                 workers: int | str = "auto") -> None:
+                 whitening: Mapping[str, Any] | None = None, workers: int | str = "auto") -> None:
         if int(batch_size) < 1:
             raise ValueError(f"descriptor.batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -86,7 +95,9 @@ class Descriptor(ABC):
         self.workers = resolve_workers(workers, self.device)
         self.channels_last = False  # set by subclasses whose convolutional model is faster in NHWC on CUDA
         self.transform: ImageTransform | None = None
+        #: the model's own feature size (``output_dim`` is what ``encode`` returns: the whitening's dim if any)
         self.dim: int = 0
+        self.whitening_spec = whitening_spec(whitening)
 
     # -- to implement ---------------------------------------------------------------------------------
     @abstractmethod
@@ -110,18 +121,42 @@ class Descriptor(ABC):
         return None
 
     # -- shared ---------------------------------------------------------------------------------------
+    @property
+    def output_dim(self) -> int:
+        """The size of the vectors ``encode`` returns."""
+        return self.whitening().dim if self.whitening_spec else int(self.dim)
+
     def meta(self) -> dict[str, Any]:
-        """What produced the vectors: name, dim, preprocessing, weights, config and the device used."""
-        return {
+        """What produced the vectors: name, dim, preprocessing, weights, config (with the whitening spec),
+        the fitted whitening (sha256) and the device used."""
+        meta = {
             "name": self.name,
-            "dim": int(self.dim),
+            "dim": int(self.output_dim),
             "preprocessing": self.preprocessing(),
             "weights": self.weights(),
-            "config": self.config(),
+            "config": {**self.config(), "whitening": self.whitening_spec},
             "device": describe_device(self.device),
             "half_precision": self.half,
             "l2_normalised": True,
         }
+        if self.whitening_spec:
+            meta["model_dim"] = int(self.dim)
+            meta["whitening"] = self.whitening().describe()
+        return meta
+
+    def whitening(self) -> Whitening:
+        """The fitted whitening (fitted on first use from the generic reference set; cached per process)."""
+        if not self.whitening_spec:
+            raise ValueError(f"descriptor '{self.name}' has no whitening")
+        identity = json.dumps({"name": self.name, "config": self.config(), "weights": (self.weights() or {}).get(
+            "sha256"), "whitening": self.whitening_spec}, sort_keys=True, default=str)
+        if identity not in _WHITENINGS:
+            from copying_study.descriptors.reference import whitening_reference
+
+            reference = whitening_reference(int(self.whitening_spec["n_reference"]))
+            raw = self._encode_raw(reference, desc=f"{self.name} whitening reference")
+            _WHITENINGS[identity] = fit_whitening(raw, self.whitening_spec)
+        return _WHITENINGS[identity]
 
     def _host_form(self, image: Image.Image) -> torch.Tensor:
         """What travels to the device for one image: uint8 pixels when the preparation is an ``ImageTransform``
@@ -176,13 +211,19 @@ class Descriptor(ABC):
                 yield start, future.result()
 
     def encode(self, images: Sequence[Image.Image], desc: str | None = None) -> np.ndarray:
-        """Descriptors of ``images`` as float32 [N, dim] with unit-norm rows, computed in batches.
+        """Descriptors of ``images`` as float32 [N, output_dim] with unit-norm rows, computed in batches (whitened
+        when the descriptor has a whitening spec).
 
         ``images`` is any sequence supporting ``len`` and indexing (a list, or ``EncodedImages`` for lazy decoding,
         which then happens in the ``workers`` threads). The values do not depend on ``workers``: every batch holds
         the same images and goes through the same computation. On CUDA each batch's result is copied back
         asynchronously and read one batch later, so the GPU is never idle waiting for that copy.
         """
+        raw = self._encode_raw(images, desc)
+        return self.whitening().apply(raw) if self.whitening_spec else raw
+
+    def _encode_raw(self, images: Sequence[Image.Image], desc: str | None = None) -> np.ndarray:
+        """The model's L2-normalised features of ``images`` (float32 [N, dim]), before any whitening."""
         if len(images) == 0:
             raise ValueError(f"{self.name} descriptor: no images to encode (empty input)")
         out = np.empty((len(images), self.dim), dtype=np.float32)

@@ -9,6 +9,7 @@ which is a no-op for them. Scores: cosine; 0.75 ≈ 90 % precision on DISC2021 f
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ class SSCDDescriptor(Descriptor):
 
     name = "sscd"
     prepares_with_transform = True
+    #: the paper's copy threshold on SSCD's scale ("similarity > 0.5 ... likely to be copies", §3-4)
+    standard_copy_threshold = 0.5
 
     def __init__(
         self,
@@ -47,9 +50,10 @@ class SSCDDescriptor(Descriptor):
         batch_size: int = 32,
         device: str = "auto",
         half: bool | None = None,
+        whitening: Mapping[str, Any] | None = None,
         workers: int | str = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, half=half, workers=workers)
+        super().__init__(batch_size=batch_size, device=device, half=half, whitening=whitening, workers=workers)
         if resize_mode not in DEFAULT_SIZES:
             raise ValueError(f"descriptor.resize_mode '{resize_mode}' is not one of {', '.join(DEFAULT_SIZES)}")
         self.path = require_file(path, "descriptor.path (SSCD TorchScript file)")

@@ -31,7 +31,7 @@ from copying_study.utils.seeding import numpy_rng, python_rng
 MITIGATIONS = ("none", "collapse", "resample_captions")
 DEFAULTS: dict[str, Any] = {
     "descriptor": {"name": "default"},
-    "threshold": 0.9,
+    "threshold": 0.75,
     "search": {"index": "flat", "nlist": None, "nprobe": 16, "k_start": 32, "max_neighbors": 2048,
                "chunk_size": 8192, "backend": "faiss"},
     "min_cluster_size": 3,
@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "n_example_ids": 5,
     "mitigation": "none",
     "gallery": {"n_clusters": 8, "n_images": 8},
+    "calibration": {"n_per_family": 200, "families": ["embedded", "photos", "synthetic"]},
 }
 
 
@@ -75,6 +76,16 @@ def validate_params(dedup: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in ("n_clusters", "n_images"):
         if not isinstance(params["gallery"][key], int) or params["gallery"][key] < 1:
             raise ValueError(f"dedup.gallery.{key} must be an integer >= 1, got {params['gallery'][key]!r}")
+    cal = params["calibration"]
+    if isinstance(cal["n_per_family"], bool) or not isinstance(cal["n_per_family"], int) or cal["n_per_family"] < 20:
+        raise ValueError(f"dedup.calibration.n_per_family must be an integer >= 20 (the estimates need pairs), "
+                         f"got {cal['n_per_family']!r}")
+    from copying_study.descriptors.reference import FAMILIES
+
+    families = cal["families"]
+    if not isinstance(families, (list, tuple)) or not families or any(f not in FAMILIES for f in families):
+        raise ValueError(f"dedup.calibration.families must be a non-empty list of {', '.join(FAMILIES)}; "
+                         f"got {families!r}")
     return params
 
 

@@ -29,6 +29,23 @@ def compute_train_descriptors(training_set: pd.DataFrame, params: Mapping[str, A
     return {"embeddings": embeddings, "image_ids": training_set["image_id"].astype(str).tolist(), "meta": meta}
 
 
+def calibrate_descriptor(params: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """``descriptor_calibration``: the descriptor's copy threshold and its false-positive rate and recall on each
+    reference family (``copying_study.descriptors.calibration``); every later stage reads its copy threshold here."""
+    from copying_study.descriptors.calibration import calibrate, format_table
+
+    p = dedup.validate_params(params)
+    descriptor = load_descriptor(p["descriptor"], device=device)
+    record = calibrate(descriptor, p["calibration"]["families"], p["calibration"]["n_per_family"])
+    logger.info("descriptor calibration:\n%s", format_table(record))
+    if not record["meets_targets"]:
+        failed = [f for f, r in record["families"].items() if not r["meets_targets"]]
+        logger.warning("descriptor '%s' does not meet the calibration targets on %s at its copy threshold %.3f: "
+                       "copy rates on its scale are not trustworthy there", descriptor.name, failed,
+                       record["copy_threshold"])
+    return record
+
+
 def find_duplicate_clusters(train_descriptors: Mapping[str, Any], training_set: pd.DataFrame,
                             params: Mapping[str, Any]) -> pd.DataFrame:
     """``duplicate_clusters``: every training image's cluster (threshold graph + connected components), with the
