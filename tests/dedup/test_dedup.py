@@ -105,6 +105,7 @@ def test_pair_scores():
     ({"mitigation": "drop"}, "dedup.mitigation 'drop' is not one of none, collapse, resample_captions"),
     ({"search": {"index": "annoy"}}, "dedup.search.index 'annoy' is not one of flat, ivf, hnsw"),
     ({"search": {"nprob": 3}}, "unknown dedup.search keys \\['nprob'\\]"),
+    ({"search": {"backend": "cuda"}}, "dedup.search.backend 'cuda' is not one of faiss, torch, auto"),
     ({"min_cluster_size": 0}, "dedup.min_cluster_size must be an integer >= 1"),
     ({"treshold": 0.5}, "unknown parameter dedup.treshold"),
 ])

@@ -270,3 +270,50 @@ def test_jpeg_roundtrip_of_png_bytes_is_a_copy(default, scenes):
     scenes[0].save(buf, format="JPEG", quality=60)
     x = default.encode([scenes[0], Image.open(io.BytesIO(buf.getvalue())).convert("RGB")])
     assert float(x[0] @ x[1]) >= COPY_THRESHOLD
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_uint8_transfer_then_normalise_equals_the_float_transform_bit_for_bit():
+    """Images travel to the device as uint8 and are normalised there: the values must be exactly the CPU ones."""
+    from copying_study.descriptors.preprocess import ImageTransform
+
+    rng = np.random.default_rng(0)
+    for tf in (ImageTransform(288, "short_edge"), ImageTransform(320, "square"),
+               ImageTransform(224, "short_edge", crop=224, mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic")):
+        for shape in ((100, 200, 3), (300, 240, 3), (64, 64, 3)):
+            img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+            small = tf.to_uint8(img)
+            assert small.dtype == torch.uint8
+            assert torch.equal(tf.normalise(small[None])[0], tf(img))
+
+
+def test_encoding_in_worker_threads_gives_the_same_bytes_in_the_same_order(tmp_path):
+    from copying_study.descriptors.sscd_shape import save_sscd_torchscript
+
+    path = save_sscd_torchscript(tmp_path / "sscd_tiny.pt", size="tiny")
+    rng = np.random.default_rng(1)
+    shapes = [(48, 80, 3), (64, 64, 3), (90, 60, 3)]
+    data = [_jpeg(Image.fromarray(rng.integers(0, 256, shapes[i % 3], dtype=np.uint8))) for i in range(11)]
+    serial = load_descriptor({"name": "sscd", "path": str(path), "size": 64, "batch_size": 4, "workers": 0})
+    threaded = load_descriptor({"name": "sscd", "path": str(path), "size": 64, "batch_size": 4, "workers": 3})
+    assert (serial.workers, threaded.workers) == (0, 3)
+    x = serial.encode(EncodedImages(data))
+    assert x.tobytes() == threaded.encode(EncodedImages(data)).tobytes()
+    # each row is its own image's descriptor (order kept across threads and shape groups)
+    np.testing.assert_allclose(x[7], serial.encode(EncodedImages(data[7:8]))[0], atol=1e-6)
+    # the default descriptor prepares floats, not uint8: threads change nothing there either
+    imgs = EncodedImages(data)
+    plain = {"name": "default", "batch_size": 4, "whitening": None}
+    assert load_descriptor({**plain, "workers": 2}).encode(imgs).tobytes() == \
+        load_descriptor({**plain, "workers": 0}).encode(imgs).tobytes()
+    # an unreadable image fails the same way from a worker thread
+    with pytest.raises(ValueError, match="unreadable image"):
+        threaded.encode(EncodedImages(data[:5] + [b"not an image"] + data[5:]))
+    with pytest.raises(ValueError, match="descriptor.workers must be 'auto' or an integer >= 0"):
+        load_descriptor({"name": "sscd", "path": str(path), "workers": -1})
+    assert load_descriptor({**plain, "device": "cpu"}).workers == 0  # auto: none on a CPU device

@@ -25,7 +25,7 @@ from copying_study.descriptors.sscd import SSCDDescriptor
 logger = logging.getLogger(__name__)
 
 DESCRIPTOR_NAMES = ("default", "sscd", "clip", "dino")
-COMMON_KEYS = ("name", "path", "batch_size", "device", "half", "whitening")
+COMMON_KEYS = ("name", "path", "batch_size", "device", "half", "whitening", "workers")
 EXTRA_KEYS = {
     "default": ("work_size", "blur", "layout_scales", "chroma_weight", "hog_cells", "orientations", "hue_cells",
                 "hue_bins", "weights"),
@@ -34,7 +34,7 @@ EXTRA_KEYS = {
     "dino": (),
 }
 #: overrides that ``descriptor_from_meta`` accepts: where the weights are now, and how to run
-RUNTIME_KEYS = ("path", "batch_size", "device", "half")
+RUNTIME_KEYS = ("path", "batch_size", "device", "half", "workers")
 
 __all__ = [
     "DESCRIPTOR_NAMES",
@@ -103,8 +103,8 @@ def descriptor_from_meta(
 ) -> Descriptor:
     """Rebuild the descriptor recorded in ``meta`` (e.g. ``train_descriptors["meta"]``) and check it is the same.
 
-    ``overrides`` may set ``path`` (the weights moved), ``batch_size``, ``device`` and ``half``; a ``name`` in it must
-    equal the recorded one. Any difference in name, dim, weights sha256 or preprocessing raises ``ValueError``.
+    ``overrides`` may set ``path`` (the weights moved), ``batch_size``, ``device``, ``half`` and ``workers``; a
+    ``name`` in it must equal the recorded one. Any difference in name, dim, weights sha256 or preprocessing raises ``ValueError``.
     """
     if not meta or "name" not in meta or "dim" not in meta:
         raise ValueError("descriptor meta must hold at least 'name' and 'dim' (is it a train_descriptors meta?)")

@@ -103,8 +103,10 @@ class HandcraftedDescriptor(Descriptor):
         device: str = "auto",
         half: bool | None = None,
         whitening: Mapping[str, Any] | None = None,
+        workers: int | str = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, half=False, whitening=whitening)  # float32: cheap, and exact across devices
+        # float32: cheap, and exact across devices
+        super().__init__(batch_size=batch_size, device=device, half=False, whitening=whitening, workers=workers)
         scales = [int(s) for s in layout_scales]
         for key, cells in [("layout_scales", s) for s in scales] + [("hog_cells", hog_cells), ("hue_cells", hue_cells)]:
             if int(cells) < 1 or int(work_size) % int(cells):

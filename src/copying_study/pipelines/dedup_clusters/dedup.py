@@ -19,6 +19,7 @@ import pandas as pd
 from copying_study.data.captions import alternatives
 from copying_study.metrics.caption_similarity import caption_similarity, load_text_encoder
 from copying_study.search import (
+    BACKENDS,
     INDEX_KINDS,
     check_threshold,
     cluster_sizes,
@@ -32,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "descriptor": {"name": "default"},
     "threshold": 0.75,
     "search": {"index": "flat", "nlist": None, "nprobe": 16, "k_start": 32, "max_neighbors": 2048,
-               "chunk_size": 8192},
+               "chunk_size": 8192, "backend": "faiss"},
     "min_cluster_size": 3,
     "caption_model": None,
     "max_caption_pairs": 1000,
@@ -67,6 +68,8 @@ def validate_params(dedup: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"dedup.mitigation '{params['mitigation']}' is not one of {', '.join(MITIGATIONS)}")
     if params["search"]["index"] not in INDEX_KINDS:
         raise ValueError(f"dedup.search.index '{params['search']['index']}' is not one of {', '.join(INDEX_KINDS)}")
+    if params["search"]["backend"] not in BACKENDS:
+        raise ValueError(f"dedup.search.backend '{params['search']['backend']}' is not one of {', '.join(BACKENDS)}")
     for key in ("min_cluster_size", "max_caption_pairs", "n_example_ids"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise ValueError(f"dedup.{key} must be an integer >= 1, got {params[key]!r}")
@@ -108,7 +111,7 @@ def find_clusters(
     search = params["search"]
     i, j, s = threshold_pairs(
         embeddings, params["threshold"], kind=search["index"], meta=meta, k_start=search["k_start"],
-        max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"],
+        max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"], backend=search["backend"],
         **({"nlist": search["nlist"], "nprobe": search["nprobe"]} if search["index"] == "ivf" else {}),
     )
     n = len(image_ids)
