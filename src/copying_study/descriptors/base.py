@@ -142,3 +142,9 @@ class Descriptor(ABC):
             bad = int((~np.isfinite(out).all(axis=1)).sum())
             raise ValueError(f"{self.name} descriptor produced NaN/inf for {bad} image(s)")
         return l2_normalize(out)
+
+    def encode_rows(self, images: Sequence[Image.Image], desc: str | None = None
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``encode`` plus per-row side information (arrays of length N) that a descriptor reports about its own
+        output, e.g. PDQ's hash quality; ``{}`` for descriptors that have none."""
+        return self.encode(images, desc), {}
