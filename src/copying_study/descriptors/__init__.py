@@ -2,12 +2,14 @@
 
 >>> d = load_descriptor({"name": "default"})              # training-free, no weights
 >>> d = load_descriptor({"name": "sscd", "path": "sscd_disc_mixup.torchscript.pt"})
+>>> d = load_descriptor({"name": "pdq"})                  # Meta's PDQ hash as ±1/16 vectors (search: Hamming)
 >>> X = d.encode(images)        # float32 [N, d.dim], L2-normalised rows; X @ Y.T = similarity
 >>> d.meta()                    # name, dim, preprocessing, weights (path + sha256), config, device
 >>> d2 = descriptor_from_meta(meta)   # the same descriptor again (e.g. for generations), checked against ``meta``
 
 Names: ``default`` (training-free: layout thumbnails + gradient and hue histograms), ``sscd`` (TorchScript file), ``clip`` and
-``dino`` (local Hugging Face folder or HF-cache id).
+``dino`` (local Hugging Face folder or HF-cache id), ``pdq`` (Meta's perceptual hash, ``pdqhash``; its meta says
+``metric: hamming`` so ``copying_study.search`` uses faiss's binary indexes).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 from copying_study.descriptors.base import Descriptor, EncodedImages, l2_normalize, sha256_file
 from copying_study.descriptors.handcrafted import HandcraftedDescriptor
 from copying_study.descriptors.hf import HFImageDescriptor
+from copying_study.descriptors.pdq import PDQDescriptor
 from copying_study.descriptors.scale import DEFAULT_WHITENING
 from copying_study.descriptors.sscd import SSCDDescriptor
 
 logger = logging.getLogger(__name__)
 
-DESCRIPTOR_NAMES = ("default", "sscd", "clip", "dino")
+DESCRIPTOR_NAMES = ("default", "sscd", "clip", "dino", "pdq")
 COMMON_KEYS = ("name", "path", "batch_size", "device", "half", "whitening", "workers")
 EXTRA_KEYS = {
     "default": ("work_size", "blur", "layout_scales", "chroma_weight", "hog_cells", "orientations", "hue_cells",
@@ -32,6 +35,7 @@ EXTRA_KEYS = {
     "sscd": ("resize_mode", "size"),
     "clip": (),
     "dino": (),
+    "pdq": ("min_quality",),
 }
 #: overrides that ``descriptor_from_meta`` accepts: where the weights are now, and how to run
 RUNTIME_KEYS = ("path", "batch_size", "device", "half", "workers")
@@ -74,6 +78,10 @@ def load_descriptor(spec: Mapping[str, Any] | str, device: str | None = None) ->
         return HandcraftedDescriptor(**spec)
     if name == "sscd":
         return SSCDDescriptor(**spec)
+    if name == "pdq":
+        if spec.pop("path", None):
+            logger.warning("descriptor 'pdq' needs no weights: descriptor.path is ignored")
+        return PDQDescriptor(**spec)
     return HFImageDescriptor(family=name, **spec)
 
 

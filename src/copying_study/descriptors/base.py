@@ -257,6 +257,11 @@ class Descriptor(ABC):
             raise ValueError(f"{self.name} descriptor produced NaN/inf for {bad} image(s)")
         return l2_normalize(out)
 
+    def encode_rows(self, images: Sequence[Image.Image], desc: str | None = None
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``encode`` plus per-row side information (arrays of length N) that a descriptor reports about its own
+        output, e.g. PDQ's hash quality; ``{}`` for descriptors that have none."""
+        return self.encode(images, desc), {}
 
 def _collect(out: np.ndarray, rows: np.ndarray, host: torch.Tensor, copied: Any) -> None:
     """Wait for an asynchronous device-to-host copy and write its rows."""

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from copying_study.search.index import SearchIndex, as_descriptors, build_index, gpu_available
+from copying_study.search.binary import BinarySearchIndex, hamming_radius
+from copying_study.search.index import SearchIndex, as_descriptors, build_index, gpu_available, metric_of
 from copying_study.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def knn(
     keyword arguments go to ``build_index``) or a ``SearchIndex``. ``exclude_self=True`` means the queries ARE the
     base rows in the same order: each row's own index is removed by position (not by score, so exact duplicates
     elsewhere still count). Missing neighbours (k > N) are ``-1`` with score ``-inf``. With both metas given (or the
-    index's meta), a different descriptor raises ``ValueError``.
+    index's meta), a different descriptor raises ``ValueError``. A meta with ``metric: hamming`` (PDQ; the base's,
+    else the queries') or ``metric="hamming"`` searches a faiss binary index: same shapes and similarity scale,
+    neighbours ordered by (distance, row id).
     """
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -54,6 +57,7 @@ def knn(
         from copying_study.descriptors import check_same_descriptor
 
         check_same_descriptor(queries_meta, base_meta, "queries", "base")
+    index_kwargs["metric"] = metric_of(base_meta or queries_meta, index_kwargs.get("metric"))
     index = _index_for(base, exact, base_meta, dict(index_kwargs))
     q = index.check_queries(queries, queries_meta)
     if exclude_self and q.shape[0] != index.ntotal:
@@ -112,6 +116,9 @@ def threshold_pairs(
 
     Either way a row with more than ``max_neighbors`` matches keeps its top ones (a WARNING says how many rows;
     connectivity inside such a dense cluster is kept by the other members' edges).
+    With ``meta`` saying ``metric: hamming`` (PDQ) or ``metric="hamming"`` the faiss search runs on a binary index
+    (``hash`` kind: built exact at this threshold's Hamming radius); pairs and scores are the same as the inner
+    products would give.
     """
     t = check_threshold(threshold)
     xs = as_descriptors(x, "descriptors")
@@ -125,9 +132,13 @@ def threshold_pairs(
         _warn_truncated(truncated, min(int(max_neighbors), n), t)
         return _unique_pairs(i, j, s, n)
     if index is None:
+        if metric_of(meta, index_kwargs.get("metric")) == "hamming" and index_kwargs.get("kind") == "hash":
+            index_kwargs.setdefault("hash_radius", max(0, hamming_radius(t)))
         index = build_index(xs, meta=meta, **index_kwargs)
     elif index.ntotal != n or index.dim != xs.shape[1]:
         raise ValueError(f"the index holds {index.ntotal}x{index.dim} descriptors but x is {n}x{xs.shape[1]}")
+    if isinstance(index, BinarySearchIndex):
+        index.check_radius(t)
     if int(k_start) < 1 or int(max_neighbors) < int(k_start):
         raise ValueError(f"need 1 <= k_start <= max_neighbors, got {k_start} and {max_neighbors}")
     cap = min(int(max_neighbors), n)

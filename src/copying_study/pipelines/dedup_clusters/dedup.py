@@ -102,12 +102,14 @@ def check_table(table: pd.DataFrame, columns: tuple[str, ...], what: str = "trai
 
 
 def find_clusters(
-    embeddings: np.ndarray, image_ids: list[str], params: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+    embeddings: np.ndarray, image_ids: list[str], params: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+    row_info: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The threshold graph of ``embeddings`` at ``params['threshold']`` and its connected components, one row per
     image in input order: ``image_id``, ``cluster_id`` (0 = largest cluster; every singleton its own id),
     ``cluster_size``, ``n_neighbors`` (graph degree), ``max_similarity`` (best edge, NaN for singletons),
-    ``reportable`` (size >= min_cluster_size)."""
+    ``reportable`` (size >= min_cluster_size), and ``descriptor_<name>`` for each per-row array in ``row_info``
+    (PDQ: ``descriptor_quality``, ``descriptor_low_quality``)."""
     search = params["search"]
     i, j, s = threshold_pairs(
         embeddings, params["threshold"], kind=search["index"], meta=meta, k_start=search["k_start"],
@@ -121,6 +123,10 @@ def find_clusters(
     best = np.full(n, -np.inf)
     np.maximum.at(best, i, s)
     np.maximum.at(best, j, s)
+    extra = {f"descriptor_{key}": np.asarray(value) for key, value in dict(row_info or {}).items()}
+    for key, value in extra.items():
+        if value.shape != (n,):
+            raise ValueError(f"train_descriptors row_info '{key}' has shape {value.shape}; expected ({n},)")
     return pd.DataFrame({
         "image_id": [str(x) for x in image_ids],
         "cluster_id": labels,
@@ -128,6 +134,7 @@ def find_clusters(
         "n_neighbors": degree.astype(np.int64),
         "max_similarity": np.where(np.isfinite(best), best, np.nan).astype(np.float64),
         "reportable": sizes >= int(params["min_cluster_size"]),
+        **extra,
     })
 
 
