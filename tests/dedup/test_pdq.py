@@ -161,7 +161,7 @@ def test_descriptor_from_meta_round_trip(pdq, photos):
 def test_bad_pdq_specs_name_the_problem():
     with pytest.raises(ValueError, match="min_quality must be an integer in"):
         load_descriptor({"name": "pdq", "min_quality": 101})
-    with pytest.raises(ValueError, match="allowed keys are name, path, batch_size, device, half, min_quality"):
+    with pytest.raises(ValueError, match="allowed keys are name, path, batch_size, device, half, whitening, workers, min_quality"):
         load_descriptor({"name": "pdq", "size": 64})
     with pytest.raises(ValueError, match="pdq"):
         load_descriptor({"name": "phash"})
