@@ -86,6 +86,14 @@ def format_summary(replication: Mapping[str, Any] | None, complexity: Mapping[st
             if not controls.get("passed", True):
                 lines.append("  !! the controls failed: this run's copy rates do not separate copies from "
                              "non-copies; see replication_controls")
+        pdq = rep.get("pdq_cross_check") or {}
+        if "n_copies_main" in pdq:
+            confirmed = pdq.get("confirmed_share")
+            lines.append(f"PDQ cross-check (Hamming <= 31): {pdq['n_copies_confirmed_by_pdq']} of "
+                         f"{pdq['n_copies_main']} copies confirmed"
+                         + (f" ({confirmed:.0%})" if confirmed is not None else "")
+                         + f"; PDQ alone flags {pdq['n_pdq_copies']} ({pdq['n_pdq_copies_not_found_by_main']} not "
+                         f"found by the main descriptor)")
         dup = (rep.get("splits") or {}).get("source_duplicated") or {}
         if "duplicated" in dup and "not_duplicated" in dup:
             d, o = dup["duplicated"], dup["not_duplicated"]

@@ -89,8 +89,9 @@ def run_evaluate(training_set, train_descriptors, control_set, params, calibrati
     per_prompt = nodes.prompt_scores(scores, params)
     fid = nodes.compute_fid(gens, training_set, gd, train_descriptors, params, 0, "cpu")
     clip = nodes.compute_clipscore(gens, params, "cpu")
+    pdq = nodes.pdq_cross_check(scores, gens, training_set, params)
     summary, metrics = nodes.summarise(scores, background, per_prompt, controls, scale, fid, clip, info,
-                                       training_set, train_descriptors, params, seed)
+                                       training_set, train_descriptors, params, seed, pdq)
     return {"gens": gens, "gd": gd, "scores": scores, "background": background, "summary": summary,
             "metrics": metrics, "per_prompt": per_prompt, "info": info, "params": params, "scale": scale,
             "controls": controls}
@@ -356,3 +357,15 @@ def test_a_user_threshold_is_recorded_as_such(training_set, train_descriptors, c
     other = load_descriptor({"name": "default", "whitening": None}).meta()
     with pytest.raises(ValueError, match="descriptor mismatch"):
         nodes.copy_scale(calibration_for(other), train_descriptors, {})
+
+
+def test_pdq_cross_checks_the_descriptors_copies(evaluated):
+    pdq = evaluated["summary"]["pdq_cross_check"]
+    copies = int(evaluated["scores"]["copy"].sum())
+    assert pdq["n_generations"] == len(evaluated["scores"]) == 16 and pdq["n_copies_main"] == copies
+    # the exact copies are byte-identical to a training image: PDQ's hash is the same, so it confirms them
+    assert pdq["n_copies_confirmed_by_pdq"] >= 3 and 0 < pdq["confirmed_share"] <= 1
+    assert 0 <= pdq["agreement"] <= 1 and "31" in pdq["rule"]
+    assert evaluated["metrics"]["pdq_confirmed_share"] == pdq["confirmed_share"]
+    assert ev.pdq_cross_check(evaluated["scores"], evaluated["gens"], make_training_set(),
+                              {"pdq_cross_check": False}) == {"skipped": "evaluate.pdq_cross_check is false"}

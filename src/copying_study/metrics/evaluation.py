@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "folder": {"caption_column": "text"},
     "controls": {"n_positive": 64, "min_images": 20, "max_negative_copy_rate": 0.05,
                  "min_positive_copy_rate": 0.95},
+    "pdq_cross_check": True,
     "fid": {"enabled": True, "inception_path": None, "batch_size": 32, "max_reference": None},
     "clipscore": {"model_path": None, "batch_size": 32, "text_column": "original_prompt"},
     "plots": {"gallery_n": 12, "gallery_columns": 3, "histogram_bins": 40},
@@ -438,6 +439,49 @@ def proportion_interval(flags: np.ndarray, seed: int, name: str, n_boot: int, co
     return rate, [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
+# -- the PDQ cross-check ------------------------------------------------------------------------------------------
+def pdq_cross_check(scores: pd.DataFrame, generations: pd.DataFrame, training_set: pd.DataFrame,
+                    params: Mapping[str, Any]) -> dict[str, Any]:
+    """Do PDQ's hashes (Meta's perceptual hash; match = Hamming distance <= 31 of 256 bits) agree with the copies the
+    main descriptor found? Per generation: whether PDQ matches its main-descriptor top-1 image, and PDQ's own top-1
+    over the whole training set. Hashes of quality < 50 (flat images) are unreliable by Meta's guidance and counted.
+    PDQ is a second, independent opinion on a different principle (DCT signs of a blurred 64x64 luma), not a second
+    calibration: on small or cropped images it misses copies (docs/dedup.md)."""
+    from copying_study.descriptors.pdq import MATCH_THRESHOLD, PDQDescriptor, vectors_from_bits
+    from copying_study.search import knn
+
+    if not settings(params)["pdq_cross_check"]:
+        return {"skipped": "evaluate.pdq_cross_check is false"}
+    pdq = PDQDescriptor()
+    gen = pdq.hash(decoded(generations, "gen_id", "generation"), desc="pdq: generations")
+    train = pdq.hash([decode_one(b, i, "training image") for b, i in
+                      zip(training_set["image"], training_set["image_id"], strict=True)], desc="pdq: training set")
+    row_of = {str(i): k for k, i in enumerate(training_set["image_id"].astype(str))}
+    g_vec, t_vec = vectors_from_bits(gen.bits), vectors_from_bits(train.bits)
+    by_id = dict(zip(generations["gen_id"].astype(str), range(len(generations)), strict=True))
+    order = [by_id[str(g)] for g in scores["gen_id"]]
+    g_vec, g_quality = g_vec[order], gen.quality[order]
+    pair = np.einsum("nd,nd->n", g_vec, t_vec[[row_of[str(m)] for m in scores["match_image_id"]]])
+    pdq_top1, _ = knn(g_vec, t_vec, k=1, base_meta=pdq.meta())
+    main = scores["copy"].to_numpy(dtype=bool)
+    agrees = pair >= MATCH_THRESHOLD
+    own = np.asarray(pdq_top1)[:, 0] >= MATCH_THRESHOLD
+    n_main = int(main.sum())
+    return {
+        "rule": "Hamming distance <= 31 of 256 bits (similarity >= 0.7578125 on the ±1/16 scale)",
+        "n_generations": int(len(main)),
+        "n_copies_main": n_main,
+        "n_copies_confirmed_by_pdq": int((main & agrees).sum()),
+        "confirmed_share": float((main & agrees).sum() / n_main) if n_main else None,
+        "n_pdq_copies": int(own.sum()),
+        "n_pdq_copies_not_found_by_main": int((own & ~main).sum()),
+        "agreement": float(((own | agrees) == main).mean()),
+        "n_low_quality_generations": int((g_quality < pdq.min_quality).sum()),
+        "n_low_quality_training_images": int((train.quality < pdq.min_quality).sum()),
+        "pdq_version": pdq.version,
+    }
+
+
 # -- summary ------------------------------------------------------------------------------------------------------
 def summarise(
     replication_scores: pd.DataFrame,
@@ -452,6 +496,7 @@ def summarise(
     train_descriptors: Mapping[str, Any],
     params: Mapping[str, Any],
     seed: int,
+    pdq: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``replication_summary``: see docs/evaluate.md for every key."""
     p = settings(params)
@@ -488,6 +533,7 @@ def summarise(
                                 "n_in_known_duplicate_groups": int(
                                     replication_background["known_duplicate_group"].notna().sum())},
         "controls": controls,
+        "pdq_cross_check": dict(pdq) if pdq is not None else {"skipped": "not computed"},
         "per_prompt": rep.per_prompt_summary(replication_per_prompt, int(p["per_prompt_top"]), thresholds),
         "splits": {
             "source_duplicated": duplicated_split(replication_scores, finetune, thresholds, t),
@@ -522,6 +568,9 @@ def headline_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         out[f"calibration_{family}_recall"] = r["recall"]
     pp = summary["per_prompt"]
     out["per_prompt_max_mean"] = pp["max"]["mean"]
+    pdq = summary.get("pdq_cross_check") or {}
+    out["pdq_confirmed_share"] = pdq.get("confirmed_share")
+    out["pdq_agreement"] = pdq.get("agreement")
     for k in ("fid", "frechet_distance", "clipscore", "clip_cosine_mean", "clipscore_hessel"):
         out[k] = summary.get(k)
     split = summary["splits"]["source_duplicated"]

@@ -130,6 +130,12 @@ def prompt_scores(replication_scores: pd.DataFrame, params: Mapping[str, Any]) -
                                  replication_scores["top1_similarity"].to_numpy(), int(p["per_prompt_top"]))
 
 
+def pdq_cross_check(replication_scores: pd.DataFrame, generations: pd.DataFrame, training_set: pd.DataFrame,
+                    params: Mapping[str, Any]) -> dict[str, Any]:
+    """``evaluate_pdq``: whether PDQ hashes agree with the main descriptor's copies."""
+    return ev.pdq_cross_check(replication_scores, generations, training_set, params)
+
+
 # -- FID and CLIPScore ------------------------------------------------------------------------------------------
 def compute_fid(generations: pd.DataFrame, training_set: pd.DataFrame, generation_descriptors: Mapping[str, Any],
                 train_descriptors: Mapping[str, Any], params: Mapping[str, Any], seed: int, device: str
@@ -158,10 +164,11 @@ def summarise(
     train_descriptors: Mapping[str, Any],
     params: Mapping[str, Any],
     seed: int,
+    pdq: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """``replication_summary`` (docs/evaluate.md) and ``evaluate_metrics`` (its headline numbers, for MLflow)."""
     summary = ev.summarise(replication_scores, replication_background, replication_per_prompt, replication_controls,
-                           scale, fid, clipscore, finetune, training_set, train_descriptors, params, seed)
+                           scale, fid, clipscore, finetune, training_set, train_descriptors, params, seed, pdq)
     if not summary["controls"]["passed"]:
         logger.warning("evaluate controls FAILED: %s", "; ".join(summary["controls"]["failures"]))
     return summary, ev.headline_metrics(summary)
