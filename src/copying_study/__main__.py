@@ -14,9 +14,35 @@ def main(*args, **kwargs):
         from copying_study.audit import cli as audit_cli
 
         return audit_cli(argv[1:])
+    if argv and argv[0] == "build-base":
+        return build_base_cli(argv[1:])
     configure_project(package_name)
     run = find_run_command(package_name)
     return run(*args, **kwargs)
+
+
+def build_base_cli(argv: list[str]) -> int:
+    """``copying-study build-base``: pretrain the embedded base model once (or say where the cached one is)."""
+    import argparse
+    import json
+    import logging
+
+    from copying_study.diffusion.base import DEFAULT_CACHE, ensure_base
+    from copying_study.utils.device import pick_device
+
+    parser = argparse.ArgumentParser(prog="copying-study build-base", description=(
+        "Pretrain the embedded base model (docs/finetune.md 'The embedded base model') into its cache; a no-op "
+        "when the cached one is there."))
+    parser.add_argument("--cache", default=DEFAULT_CACHE, help=f"cache folder (default {DEFAULT_CACHE})")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (the base is cached per device type)")
+    parser.add_argument("--spec", default="{}", help="overrides of the recipe as JSON (finetune.embedded_base)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    folder, record, built = ensure_base(json.loads(args.spec), args.cache, pick_device(args.device))
+    print(f"embedded base model {'built' if built else 'already cached'}: {folder}\n"
+          f"  fingerprint {record['fingerprint'][:16]}, weights {record['weights_checksum'][:16]}, "
+          f"pretraining {record.get('seconds')} s, final loss {record.get('final_loss'):.4f}")
+    return 0
 
 
 if __name__ == "__main__":

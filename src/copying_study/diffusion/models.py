@@ -197,15 +197,18 @@ def _sizes(overrides: dict[str, Any]) -> dict[str, Any]:
     return sizes
 
 
-def build_tiny_pipeline(captions: Sequence[str], resolution: int = 32, seed: int = 0, **sizes: Any):
+def build_tiny_pipeline(captions: Sequence[str], resolution: int = 32, seed: int = 0, vae: Any = None,
+                        **sizes: Any):
     """The embedded default model, freshly initialised (deterministically from ``seed``), as a
     ``StableDiffusionPipeline`` on the CPU in float32.
 
     ``captions`` train the tokenizer (pass every caption the model may see: all alternatives). ``sizes`` override
-    :data:`TINY_SIZES`.
+    :data:`TINY_SIZES`. ``vae``: a trained autoencoder to use instead of the fixed :class:`PixelShuffleAutoencoder`
+    (e.g. the ``AutoencoderKL`` of :mod:`copying_study.diffusion.autoencoder`); its downsampling factor replaces
+    ``latent_factor``.
     """
     s = _sizes(sizes)
-    f = int(s["latent_factor"])
+    f = int(s["latent_factor"]) if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
     if resolution % (f * 2 ** (len(s["unet_channels"]) - 1)):
         raise ValueError(
             f"resolution {resolution} must be divisible by latent_factor × 2^(levels-1) = "
@@ -227,7 +230,8 @@ def build_tiny_pipeline(captions: Sequence[str], resolution: int = 32, seed: int
             pad_token_id=tokenizer.pad_token_id,
         )
         text_encoder = CLIPTextModel(text_config)
-        vae = PixelShuffleAutoencoder(in_channels=3, downscale_factor=f)
+        if vae is None:
+            vae = PixelShuffleAutoencoder(in_channels=3, downscale_factor=f)
         channels = tuple(int(c) for c in s["unet_channels"])
         attn = tuple(bool(a) for a in s["unet_attention_levels"])
         unet = UNet2DConditionModel(
@@ -282,6 +286,9 @@ def resolve_source(source: str) -> tuple[str, str]:
     source = str(source).strip()
     if source == TINY:
         return TINY, TINY
+    if source == "embedded":
+        raise ValueError("'embedded' names the cached embedded base model: resolve it with "
+                         "copying_study.diffusion.base.ensure_base (finetune does) before loading")
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").exists():

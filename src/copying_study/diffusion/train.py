@@ -110,14 +110,17 @@ class FinetuneSettings:
     keep_checkpoints: int = 1
     resume: bool = True
     tiny: Mapping[str, Any] = field(default_factory=dict)
+    embedded_base: Mapping[str, Any] = field(default_factory=dict)
+    embedded_base_dir: str = "data/06_models/embedded_base"
 
     # Settings that change what is trained (a checkpoint is only resumed by a run with the same ones).
     NON_SEMANTIC = ("log_every", "sample_every", "sample_prompts", "sample_steps", "sample_guidance",
-                    "checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume")
+                    "checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume", "embedded_base_dir")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["tiny"] = dict(self.tiny)
+        d["embedded_base"] = dict(self.embedded_base)
         return d
 
 
@@ -155,9 +158,10 @@ def settings_from_params(params: Mapping[str, Any] | None) -> FinetuneSettings:
             if not isinstance(value, str):
                 raise _bad(name, value, "use a string")
         values[name] = value
-    if not isinstance(values["tiny"], Mapping):
-        raise _bad("tiny", values["tiny"], "use a mapping of tiny-model sizes")
-    values["tiny"] = dict(values["tiny"])
+    for key in ("tiny", "embedded_base"):
+        if not isinstance(values[key], Mapping):
+            raise _bad(key, values[key], "use a mapping")
+        values[key] = dict(values[key])
     s = FinetuneSettings(**values)
     _check_choices(s)
     return s
@@ -274,6 +278,8 @@ def make_plan(table: pd.DataFrame, s: FinetuneSettings, seed: int) -> TrainingPl
                      "caption stands in for its BLIP caption")
     if s.tiny and s.base_model != "tiny":
         notes.append(f"finetune.tiny sizes are ignored: base_model is {s.base_model!r}, not 'tiny'")
+    if s.embedded_base and s.base_model != "embedded":
+        notes.append(f"finetune.embedded_base is ignored: base_model is {s.base_model!r}, not 'embedded'")
     for note in notes:
         logger.warning(note)
     return TrainingPlan(ids, base, alts, vocab, duplicated, probabilities, notes)
@@ -447,6 +453,7 @@ class TrainResult:
     device: str
     precision: str
     fingerprint: str
+    base: dict[str, Any] = field(default_factory=dict)  # what the base model was (embedded: fingerprint, built now)
 
 
 def _mixed_precision(s: FinetuneSettings, device: torch.device) -> torch.dtype | None:
@@ -460,11 +467,29 @@ def _mixed_precision(s: FinetuneSettings, device: torch.device) -> torch.dtype |
     return torch.bfloat16 if mp == "bf16" else torch.float16
 
 
-def prepare_model(s: FinetuneSettings, plan: TrainingPlan, seed: int, device: torch.device):
-    """Load the base model (checked first: a missing folder or uncached id fails before anything else)."""
-    resolve_source(s.base_model)
+def resolve_base(s: FinetuneSettings, device: torch.device) -> tuple[str, dict[str, Any]]:
+    """The model source to load and what it is: ``embedded`` becomes the cached pretrained base model's folder
+    (built now when missing, :func:`copying_study.diffusion.base.ensure_base`); anything else is checked as it is
+    (a missing folder or an uncached id fails before any work)."""
+    if s.base_model == "embedded":
+        from copying_study.diffusion.base import ensure_base
+
+        folder, record, built = ensure_base(s.embedded_base, s.embedded_base_dir, device)
+        info = {"source": "embedded", "folder": str(folder), "fingerprint": record["fingerprint"],
+                "built_now": built, "weights_checksum": record["weights_checksum"], "spec": record["spec"],
+                "pretraining_seconds": record.get("seconds"), "pretraining_final_loss": record.get("final_loss")}
+        return str(folder), info
+    kind, where = resolve_source(s.base_model)
+    return s.base_model, {"source": kind, "location": where}
+
+
+def prepare_model(s: FinetuneSettings, plan: TrainingPlan, seed: int, device: torch.device,
+                  source: str | None = None):
+    """Load the base model (``source``, default ``s.base_model``)."""
+    source = source or s.base_model
+    resolve_source(source)
     captions_seen = sorted({c for a in plan.alternatives for c in a} | set(plan.base_captions))
-    pipe = load_pipeline(s.base_model, captions=captions_seen, resolution=s.resolution, seed=seed, **s.tiny)
+    pipe = load_pipeline(source, captions=captions_seen, resolution=s.resolution, seed=seed, **s.tiny)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     return pipe
@@ -497,7 +522,8 @@ def train(
     if accelerator is not None:
         device = accelerator.device
     amp = _mixed_precision(s, device)
-    pipe = prepare_model(s, plan, seed, device)
+    source, base_info = resolve_base(s, device)
+    pipe = prepare_model(s, plan, seed, device, source)
     unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
     base_checksum = weights_checksum(unet, text_encoder)
     fp = fingerprint(s, seed, plan, table, base_checksum)
@@ -651,7 +677,7 @@ def train(
         resumed_from=resumed_from, base_checksum=base_checksum, final_checksum=final,
         components=describe_pipeline(pipe) | {"base_model": s.base_model, "attention": _attention(pipe.unet)},
         device=describe_device(device), precision=str(amp).replace("torch.", "") if amp else "float32",
-        fingerprint=fp,
+        fingerprint=fp, base=base_info,
     )
 
 
