@@ -74,3 +74,23 @@ def save_tiny_git(folder: Path, seed: int = 0) -> Path:
     GitForCausalLM(config).eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def write_photo_classfolders(root: Path, per_class: int = 6, size: int = 64, seed: int = 0) -> Path:
+    """An uncaptioned Imagenette-style folder of real photographs: seeded ``size``-px JPEG crops of scikit-learn's
+    two sample photos (``building/`` from china.jpg, ``flower/`` from flower.jpg), ``per_class`` per class."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images().images
+    for label, photo in zip(("building", "flower"), photos, strict=True):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        h, w = photo.shape[:2]
+        for i in range(per_class):
+            side = int(rng.integers(size * 2, min(h, w)))
+            y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+            crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.Resampling.BICUBIC)
+            crop.save(root / label / f"{label}_{i:02d}.jpg", quality=90)
+    return root

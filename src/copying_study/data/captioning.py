@@ -70,6 +70,7 @@ class CaptionSettings:
     top_k: int = 0
     temperature: float = 1.0
     repetition_penalty: float = 1.0
+    sample_repetition_penalty: float = 1.0
     batch_size: int = 8
     half: bool | None = None
 
@@ -132,8 +133,9 @@ def settings_from_params(params: Mapping[str, Any] | None) -> CaptionSettings:
         raise _bad("top_p", s.top_p, "must be in (0, 1]")
     if s.temperature <= 0:
         raise _bad("temperature", s.temperature, "must be > 0")
-    if s.repetition_penalty <= 0:
-        raise _bad("repetition_penalty", s.repetition_penalty, "must be > 0")
+    for key in ("repetition_penalty", "sample_repetition_penalty"):
+        if getattr(s, key) <= 0:
+            raise _bad(key, getattr(s, key), "must be > 0")
     return s
 
 
@@ -317,10 +319,10 @@ class Captioner:
     def _caption_batch(self, images: list[Any], keys: Sequence[str], seed: int) -> list[list[str]]:
         s = self.settings
         inputs = self._inputs(images)
-        common = {"max_new_tokens": s.max_new_tokens, "min_new_tokens": s.min_new_tokens,
-                  "repetition_penalty": s.repetition_penalty}
+        common = {"max_new_tokens": s.max_new_tokens, "min_new_tokens": s.min_new_tokens}
         beams = s.num_beams if s.decoding == "beam" else 1
-        first = self._decode(self.model.generate(**inputs, do_sample=False, num_beams=beams, **common))
+        first = self._decode(self.model.generate(**inputs, do_sample=False, num_beams=beams,
+                                                 repetition_penalty=s.repetition_penalty, **common))
         out = [[c] for c in first]
         if s.n_sampled:
             rngs = [numpy_rng(seed, "caption", key, k) for key in keys for k in range(s.n_sampled)]
@@ -330,7 +332,8 @@ class Captioner:
             with torch.random.fork_rng(devices=devices):
                 ids = self.model.generate(
                     **inputs, do_sample=True, num_beams=1, num_return_sequences=s.n_sampled, top_k=0, top_p=1.0,
-                    temperature=1.0, logits_processor=LogitsProcessorList([SeededSampling(rngs, _warpers(s))]), **common,
+                    temperature=1.0, repetition_penalty=s.sample_repetition_penalty,
+                    logits_processor=LogitsProcessorList([SeededSampling(rngs, _warpers(s))]), **common,
                 )
             sampled = self._decode(ids)
             for i in range(len(images)):
