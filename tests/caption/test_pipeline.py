@@ -18,7 +18,7 @@ from tests.finetune.helpers import TEST_TINY
 SMALL = {"ingest": {"embedded": {"n_images": 24, "n_control": 4, "n_clusters": 2, "copies_per_cluster": 2}}}
 CAPTION = {"n_sampled": 3, "max_new_tokens": 6, "batch_size": 4}
 FINETUNE = {"tiny": TEST_TINY, "resolution": 16, "steps": 3, "batch_size": 4, "lr_warmup_steps": 1,
-            "sample_prompts": 0, "sample_every": 0, "checkpoint_every": 0, "log_every": 1, "uncond_prob": 0.0,
+            "sample_prompts": 1, "sample_steps": 2, "sample_every": 0, "checkpoint_every": 0, "log_every": 1, "uncond_prob": 0.0,
             "duplication": "none", "train_text_encoder": False}
 
 
