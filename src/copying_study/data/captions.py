@@ -5,7 +5,8 @@ Names follow the paper (Section 5.3 and 7):
 * caption types: ``fixed`` ("An image"), ``class`` ("An image of <class>"), ``original`` (the image's first
   caption), ``blip`` (a fixed caption from its alternatives; a ``blip_captions`` column when the data has one),
   ``random`` (a fixed random sequence of 6 vocabulary words per image).
-* text mitigations: ``mc`` (multiple captions: one drawn from all alternatives each time), ``rc`` (random caption
+* text mitigations: ``mc`` (multiple captions: one drawn each time from all the image's captions, its
+  ``blip_captions`` included; see ``caption_pool``), ``rc`` (random caption
   replacement), ``rt`` (random token replacement *and* addition), ``cwr`` (caption word repetition), ``rna`` (random
   number addition, integers in [0, 10^6]). ``gn`` (Gaussian noise) acts on text embeddings, not on text, and is
   handled in ``copying_study.diffusion``; here it leaves the caption unchanged.
@@ -66,6 +67,21 @@ def alternatives(row: Mapping) -> list[str]:
     if not caps:
         raise ValueError(f"image {row.get('image_id', '?')} has no caption")
     return caps
+
+
+def caption_pool(row: Mapping) -> list[str]:
+    """The captions MC and partial duplication draw from: the row's own captions followed by its ``blip_captions``
+    (the caption stage's model captions) when it has them; an uncaptioned image with model captions draws from
+    those alone (the paper: "20 captions ... plus the original")."""
+    blip = row.get("blip_captions")
+    model = [str(c) for c in blip if c is not None and str(c).strip()] if blip is not None else []
+    if not model:
+        return alternatives(row)
+    try:
+        own = alternatives(row)
+    except ValueError:  # no caption of its own (uncaptioned classfolders)
+        own = []
+    return own + model
 
 
 def base_caption(row: Mapping, caption_type: str, random_caption_of: Mapping[str, str] | None = None) -> str:

@@ -253,7 +253,7 @@ def make_plan(table: pd.DataFrame, s: FinetuneSettings, seed: int) -> TrainingPl
     if dupes:
         raise ValueError(f"finetune_set has repeated image_id(s) {dupes[:5]}: ids must be unique")
     rows = table.to_dict("records")
-    alts = [cap.alternatives(r) for r in rows]
+    alts = [cap.caption_pool(r) for r in rows]
     blips = [list(r["blip_captions"]) for r in rows if r.get("blip_captions") is not None]
     vocab = cap.vocabulary([c for a in alts for c in a] + [c for b in blips for c in b])
     random_of = (
