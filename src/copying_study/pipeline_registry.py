@@ -4,7 +4,7 @@ from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
 # The study's stages in the data's order; ``__default__`` runs them all.
-STAGES = ("ingest", "caption", "dedup_clusters", "finetune", "generate", "evaluate", "complexity_analysis")
+STAGES = ("ingest", "dedup_clusters", "finetune", "generate", "evaluate", "complexity_analysis")
 
 
 def register_pipelines() -> dict[str, Pipeline]:

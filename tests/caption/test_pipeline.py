@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 
-from copying_study.pipelines.caption.pipeline import create_pipeline
+from copying_study.pipelines.ingest.pipeline import create_pipeline
 from tests.caption.tiny_models import write_photo_classfolders
 from tests.conftest import run_kedro
 from tests.finetune.helpers import TEST_TINY
@@ -39,31 +39,32 @@ def test_pipeline_shape_and_place_in_the_data_order():
     from copying_study.pipeline_registry import STAGES, register_pipelines
 
     configure_project("copying_study")
-    pipe = create_pipeline()
-    assert pipe.inputs() == {"training_set", "params:caption", "params:seed", "params:device"}
-    assert pipe.outputs() == {"captioned_set", "caption_metrics"}
-    assert STAGES.index("ingest") < STAGES.index("caption") < STAGES.index("dedup_clusters")
+    pipe = create_pipeline().only_nodes("caption_training_set")
+    assert pipe.inputs() == {"ingested_set", "params:caption", "params:seed", "params:device"}
+    assert pipe.outputs() == {"training_set", "caption_metrics"}
+    assert "caption" not in STAGES  # captioning is the last node of the ingest stage
     pipelines = register_pipelines()
+    assert "caption_training_set" in {n.name for n in pipelines["ingest"].nodes}
     assert "caption_training_set" in {n.name for n in pipelines["__default__"].nodes}
-    assert "captioned_set" in pipelines["dedup_clusters"].inputs()
-    assert "training_set" not in pipelines["dedup_clusters"].inputs()
+    assert "training_set" in pipelines["dedup_clusters"].inputs()
 
 
 def test_embedded_default_skips_with_a_reason_and_passes_the_table_through(kedro_project):
-    run_kedro(kedro_project, ["ingest", "caption"], params=SMALL)
+    from copying_study.data.embedded import generate_embedded
+
+    run_kedro(kedro_project, ["ingest"], params=SMALL)
     training = latest(kedro_project, "training_set", "03_primary")
-    captioned = latest(kedro_project, "captioned_set", "03_primary")
-    pd.testing.assert_frame_equal(captioned, training)
+    expected = generate_embedded(seed=0, **{k: v for k, v in SMALL["ingest"]["embedded"].items() if k != "n_control"})
+    pd.testing.assert_frame_equal(training, expected, check_dtype=False)  # exactly the ingested table
     metrics = latest(kedro_project, "caption_metrics", "08_reporting", "json")
     assert metrics["status"] == "skipped" and metrics["reason"].startswith("caption.model is null")
     assert metrics["n_images"] == len(training) and "checksums" not in metrics
 
 
-def test_a_missing_model_stops_the_stage_before_any_work(kedro_project, tmp_path):
-    run_kedro(kedro_project, ["ingest"], params=SMALL)
+def test_a_missing_model_stops_the_stage_before_any_caption_is_written(kedro_project, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"caption.model: folder .*nope' does not exist.*docs/real-weights.md"):
-        run_kedro(kedro_project, ["caption"], params={"caption": {"model": str(tmp_path / "nope")}})
-    assert not (kedro_project / "data/03_primary/captioned_set.parquet").exists()
+        run_kedro(kedro_project, ["ingest"], params={**SMALL, "caption": {"model": str(tmp_path / "nope")}})
+    assert not (kedro_project / "data/03_primary/training_set.parquet").exists()
 
 
 @pytest.mark.slow
@@ -74,21 +75,19 @@ def test_classfolders_are_captioned_audited_and_finetuned_with_blip_and_mc(kedro
     params = {"ingest": {"source": "classfolders", "path": str(photos), "resolution": 32,
                          "control": {"fraction": 0.2}},
               "caption": {"model": str(tiny_blip), **CAPTION}}
-    run_kedro(kedro_project, ["ingest", "caption"], params=params)
+    run_kedro(kedro_project, ["ingest"], params=params)
     run_id = last_record()["mlflow_run_id"]
-    training = latest(kedro_project, "training_set", "03_primary")
-    captioned = latest(kedro_project, "captioned_set", "03_primary")
+    captioned = latest(kedro_project, "training_set", "03_primary")
     metrics = latest(kedro_project, "caption_metrics", "08_reporting", "json")
-    assert (training["caption"] == "").all() and "blip_captions" not in training.columns
-    assert len(captioned) == len(training) >= 4
+    assert (captioned["caption"] == "").all() and len(captioned) >= 4  # uncaptioned data, captioned by the model
     assert all(len(c) == 4 and all(isinstance(x, str) for x in c) for c in captioned["blip_captions"])
     assert metrics["status"] == "captioned" and metrics["model_class"] == "BlipForConditionalGeneration"
     manifest = last_record()
     assert manifest["weights"]["caption_metrics.caption_model"] == metrics["weights_sha256"]
 
-    out = io.StringIO()  # the captions are reproduced exactly: the audit re-runs ingest + caption
+    out = io.StringIO()  # the captions are reproduced exactly: the audit re-runs ingest with its captioning
     assert run_audit(run_id, kedro_project, out=out) == 0, out.getvalue()
-    assert any(line.startswith("captioned_set") and " match " in line for line in out.getvalue().splitlines())
+    assert any(line.startswith("training_set") and " match " in line for line in out.getvalue().splitlines())
 
     blip = dict(zip(captioned["image_id"], captioned["blip_captions"], strict=True))
     run_kedro(kedro_project, ["dedup_clusters", "finetune"],

@@ -23,7 +23,6 @@ def test_kedro_viz_build_offline(kedro_project):
             "__default__"} <= {p["id"] for p in main["pipelines"]}
     layers = {n["name"]: n.get("layer") for n in main["nodes"] if n["type"] == "data"}
     assert layers["training_set"] == "primary"
-    assert layers["captioned_set"] == "primary"
     assert layers["train_descriptors"] == "feature"
     assert layers["generations"] == "model_output"
     assert layers["replication_summary"] == "reporting"

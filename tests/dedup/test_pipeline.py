@@ -1,4 +1,4 @@
-"""``kedro run --pipelines=ingest,caption,dedup_clusters`` on the embedded study set, through a KedroSession."""
+"""``kedro run --pipelines=ingest,dedup_clusters`` on the embedded study set, through a KedroSession."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _latest(project, relative: str):
 @pytest.mark.slow
 def test_ingest_then_dedup_writes_the_outputs(kedro_project):
     (kedro_project / "src").mkdir(exist_ok=True)  # bootstrap_project wants the source dir; the package is installed
-    run_kedro(kedro_project, ["ingest", "caption", "dedup_clusters"], params={"dedup": {"mitigation": "collapse"}})
+    run_kedro(kedro_project, ["ingest", "dedup_clusters"], params={"dedup": {"mitigation": "collapse"}})
     training = pd.read_parquet(_latest(kedro_project, "data/03_primary/training_set.parquet"))
     clusters = pd.read_parquet(_latest(kedro_project, "data/04_feature/duplicate_clusters.parquet"))
     summary = pd.read_parquet(_latest(kedro_project, "data/08_reporting/cluster_summary.parquet"))

@@ -49,7 +49,7 @@ def test_evaluate_folder_separates_copies_from_non_copies_of_real_photographs(ke
     names = write_folder(gens, copies + hard + others, "img")
     kind = ["copy"] * len(copies) + ["non-copy"] * (len(hard) + len(others))
 
-    run_kedro(kedro_project, ["ingest", "caption", "dedup_clusters"], params={
+    run_kedro(kedro_project, ["ingest", "dedup_clusters"], params={
         "ingest": {"source": "imagefolder", "path": str(tmp_path / "train"), "resolution": 96,
                    "control": {"path": str(tmp_path / "control")}}})
     run_kedro(kedro_project, ["evaluate_folder"], params={"evaluate": {"generations_path": str(gens)}})

@@ -365,14 +365,25 @@ def has_requested_captions(table: pd.DataFrame, s: CaptionSettings) -> bool:
     return all(caps is not None and len(caps) >= s.per_image for caps in table[BLIP_COLUMN])
 
 
-def caption_table(table: pd.DataFrame, s: CaptionSettings, seed: int, device: str | torch.device = "auto"
-                  ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def caption_table(table: Any, s: CaptionSettings, seed: int, device: str | torch.device = "auto"
+                  ) -> tuple[Any, dict[str, Any]]:
     """``table`` with a ``blip_captions`` column (``1 + n_sampled`` captions per row, deterministic first) and a
     record of what made them; or ``table`` unchanged and a record saying why it was skipped.
 
-    Skipped when ``s.model`` is ``None`` or when every row already carries the requested captions. The model is
-    resolved and loaded before any image is touched: a missing one fails at once.
+    ``table`` is a DataFrame or ingest's streamed :class:`~copying_study.data.table.ChunkedTable`; a skipped one is
+    returned as it is (never read into memory), a captioned one is read whole. Skipped when ``s.model`` is
+    ``None`` or when every row already carries the requested captions. The model is resolved and loaded before any
+    image is touched: a missing one fails at once.
     """
+    if s.model is None:
+        reason = "caption.model is null: no captioning model, the table passes through unchanged"
+        logger.info("caption: skipped (%s)", reason)
+        return table, {"status": "skipped", "reason": reason, "n_images": len(table),
+                       "captions_per_image": s.per_image, "generation": s.generation(), "model": None}
+    if not isinstance(table, pd.DataFrame):
+        from copying_study.diffusion.train import as_frame
+
+        table = as_frame(table)
     for col in ("image_id", "image"):
         if col not in table.columns:
             raise ValueError(f"the table to caption lacks column {col!r}; it needs the training_set schema")

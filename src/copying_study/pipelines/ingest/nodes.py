@@ -1,4 +1,5 @@
-"""Nodes of the ``ingest`` pipeline (thin wrappers over ``copying_study.data.ingest``)."""
+"""Nodes of the ``ingest`` pipeline (thin wrappers over ``copying_study.data.ingest`` and
+``copying_study.data.captioning``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from copying_study.data.captioning import caption_table, settings_from_params
 from copying_study.data.ingest import ingest, validate_params
 from copying_study.data.table import ChunkedTable
 
@@ -22,3 +24,11 @@ def ingest_training_set(
     checked = validate_params(params)
     result = ingest(checked, seed)
     return result.table, result.rejects, result.metrics, result.control
+
+
+def caption_training_set(ingested_set: Any, params: dict[str, Any], seed: int, device: str
+                         ) -> tuple[Any, dict[str, Any]]:
+    """``training_set``: the ingested table with ``blip_captions`` from ``caption.model`` (one deterministic + N
+    sampled captions per image), or the ingested table unchanged when captioning is skipped; ``caption_metrics``
+    records which, why, and the model (id, revision, weight sha256) and generation settings used."""
+    return caption_table(ingested_set, settings_from_params(params), seed, device)

@@ -1,9 +1,10 @@
-"""``ingest``: ``params:ingest`` + ``params:seed`` → ``training_set``, ``ingest_rejects``, ``ingest_metrics``,
-``control_set``."""
+"""``ingest``: ``params:ingest`` + ``params:seed`` → ``ingested_set`` (in memory), ``ingest_rejects``,
+``ingest_metrics``, ``control_set``; then the captioning node: ``ingested_set`` + ``params:caption`` →
+``training_set`` (with ``blip_captions`` when ``caption.model`` is set) and ``caption_metrics``."""
 
 from kedro.pipeline import Node, Pipeline
 
-from copying_study.pipelines.ingest.nodes import ingest_training_set
+from copying_study.pipelines.ingest.nodes import caption_training_set, ingest_training_set
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -12,8 +13,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 ingest_training_set,
                 inputs=["params:ingest", "params:seed"],
-                outputs=["training_set", "ingest_rejects", "ingest_metrics", "control_set"],
+                outputs=["ingested_set", "ingest_rejects", "ingest_metrics", "control_set"],
                 name="ingest_training_set",
-            )
+            ),
+            Node(
+                caption_training_set,
+                inputs=["ingested_set", "params:caption", "params:seed", "params:device"],
+                outputs=["training_set", "caption_metrics"],
+                name="caption_training_set",
+            ),
         ]
     )

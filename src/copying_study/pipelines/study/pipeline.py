@@ -18,7 +18,6 @@ from pathlib import Path
 from kedro.config import OmegaConfigLoader
 from kedro.pipeline import Node, Pipeline
 
-from copying_study.pipelines.caption.pipeline import create_pipeline as caption_pipeline
 from copying_study.pipelines.complexity_analysis.pipeline import create_pipeline as complexity_pipeline
 from copying_study.pipelines.dedup_clusters.pipeline import create_pipeline as dedup_pipeline
 from copying_study.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
@@ -84,7 +83,7 @@ def study_pipeline(cells: list[Cell]) -> Pipeline:
     """Data stages once, every cell, then ``collect_study``."""
     collect = Node(collect_study, inputs={"study": "params:study", **{c.namespace: cell_output(c) for c in cells}},
                    outputs=["study_results", "study_report", "study_metrics"], name="collect_study")
-    data = ingest_pipeline() + caption_pipeline() + dedup_pipeline()
+    data = ingest_pipeline() + dedup_pipeline()
     return sum((cell_pipeline(c) for c in cells), data) + Pipeline([collect])
 
 
