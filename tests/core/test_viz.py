@@ -19,7 +19,7 @@ def test_kedro_viz_build_offline(kedro_project):
     assert out.returncode == 0, log
     assert "circular" not in log.lower(), log  # layers must follow the data's order or viz turns them off
     main = json.loads((kedro_project / "build" / "api" / "main").read_text())
-    assert {"ingest", "caption", "dedup_clusters", "finetune", "generate", "evaluate", "complexity_analysis",
+    assert {"ingest", "dedup_clusters", "finetune", "generate", "evaluate", "complexity_analysis",
             "__default__"} <= {p["id"] for p in main["pipelines"]}
     layers = {n["name"]: n.get("layer") for n in main["nodes"] if n["type"] == "data"}
     assert layers["training_set"] == "primary"

@@ -38,8 +38,8 @@ def catalog(project: Path):
 
 def test_pipeline_shape():
     pipe = create_pipeline()
-    assert pipe.inputs() == {"params:ingest", "params:seed"}
-    assert pipe.outputs() == {"training_set", "ingest_rejects", "ingest_metrics", "control_set"}
+    assert pipe.inputs() == {"params:ingest", "params:caption", "params:device", "params:seed"}
+    assert pipe.outputs() == {"training_set", "ingest_rejects", "ingest_metrics", "control_set", "caption_metrics"}
 
 
 @pytest.mark.slow
