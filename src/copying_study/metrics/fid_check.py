@@ -160,7 +160,8 @@ def fidelity_network(module: Any, state: Mapping[str, torch.Tensor], workdir: Pa
     """torch-fidelity's ``FeatureExtractorInceptionV3`` (pool3) loaded, strictly, with ``state``."""
     path = Path(workdir) / "state.pth"
     torch.save(dict(state), path)
-    return module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    return module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                              feature_extractor_weights_path=str(path))
 
 
 def swapped(state: Mapping[str, torch.Tensor], a: str = "Mixed_6c", b: str = "Mixed_6d") -> dict[str, torch.Tensor]:
@@ -301,8 +302,8 @@ def run_check(inception_path: str | Path | None = None, quick: bool = False,
     module = import_fidelity(fidelity_dir)
     path = Path(inception_path) if inception_path else fid.bundled_inception_path()
     steps: list[dict[str, Any]] = []
-    report: dict[str, Any] = {"inception_path": str(path), "steps": steps,
-                              "torch": torch.__version__, "torchmetrics": importlib.import_module("torchmetrics").__version__}
+    report: dict[str, Any] = {"inception_path": str(path), "steps": steps, "torch": torch.__version__,
+                              "torchmetrics": importlib.import_module("torchmetrics").__version__}
 
     def step(name: str, passed: bool, detail: str, **extra: Any) -> None:
         steps.append({"step": name, "passed": bool(passed), "detail": detail, **extra})
@@ -332,8 +333,8 @@ def run_check(inception_path: str | Path | None = None, quick: bool = False,
             loaded = fidelity.state_dict()
             same = all(torch.equal(loaded[fidelity_name(k)], v) for k, v in net.state_dict().items())
             step("mapping", same and len(loaded) == len(state),
-                 f"{mapping['mapped']} tensors ({mapping['conv_layers']} conv+BN layers) -> torch-fidelity 1:1, equal "
-                 f"shapes and values, strict load; added {mapping['added']}: {mapping['added_kinds']}",
+                 f"{mapping['mapped']} tensors ({mapping['conv_layers']} conv+BN layers) -> torch-fidelity 1:1, "
+                 f"equal shapes and values, strict load; added {mapping['added']}: {mapping['added_kinds']}",
                  mapping=mapping)
         except (KeyError, RuntimeError, ValueError) as exc:
             step("mapping", False, f"{type(exc).__name__}: {exc}")
