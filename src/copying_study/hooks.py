@@ -267,6 +267,28 @@ class MlflowTrackingHooks:
             if isinstance(meta, dict) and meta.get("weights"):
                 weights[f"{dataset_name}.descriptor"] = meta["weights"]
 
+    def _collect_measurement(self, dataset_name: str, data: Any) -> None:
+        """The descriptor calibration and the controls' verdicts go into the manifest."""
+        if not isinstance(data, dict):
+            return
+        leaf = dataset_name.split(".")[-1]
+        if leaf == "descriptor_calibration" and "copy_threshold" in data:
+            self.record.setdefault("measurement", {})["descriptor_calibration"] = {
+                "descriptor": (data.get("descriptor") or {}).get("name"),
+                "whitening_sha256": ((data.get("descriptor") or {}).get("whitening") or {}).get("sha256"),
+                "copy_threshold": data["copy_threshold"], "threshold_rule": data.get("threshold_rule"),
+                "meets_targets": data.get("meets_targets"),
+                "families": {f: {"false_positive_rate": r["false_positive_rate"], "recall": r["recall"]}
+                             for f, r in (data.get("families") or {}).items()},
+            }
+        if leaf == "replication_summary" and "controls" in data:
+            self.record.setdefault("measurement", {}).setdefault("controls", {})[dataset_name] = {
+                "status": data["controls"]["status"], "failures": data["controls"]["failures"],
+                "negative_copy_rate": data["controls"]["negative"]["copy_rate"],
+                "positive_copy_rate": data["controls"]["positive"]["copy_rate"],
+                "copy_threshold": data.get("copy_threshold"),
+            }
+
     @hook_impl
     def after_dataset_loaded(self, dataset_name, data, node):
         ds = self._dataset(dataset_name)
@@ -279,6 +301,7 @@ class MlflowTrackingHooks:
         if ds is not None:
             self.record.setdefault("datasets_saved", {})[dataset_name] = dataset_version(ds, "save")
         self._collect_weights(dataset_name, data, ds)
+        self._collect_measurement(dataset_name, data)
         if not self._active:
             return
         import mlflow
@@ -289,6 +312,12 @@ class MlflowTrackingHooks:
             for key, history in metrics_to_log(data).items():
                 for step, value in history:
                     mlflow.log_metric(f"{prefix}{key}"[:250], value, step=step)
+        if dataset_name.split(".")[-1] == "replication_summary" and isinstance(data, dict) and "controls" in data:
+            # a failing control is visible on the run's page, not only in a file
+            prefix = dataset_name.rsplit(".", 1)[0] + "." if "." in dataset_name else ""
+            mlflow.set_tags({f"{prefix}controls": data["controls"]["status"],
+                             f"{prefix}copy_threshold": str(data.get("copy_threshold")),
+                             f"{prefix}descriptor": str((data.get("descriptor") or {}).get("name"))})
         meta = (getattr(ds, "metadata", None) or {}).get("copying_study", {}) if ds is not None else {}
         if meta.get("mlflow_artifact"):
             path = saved_path(ds)

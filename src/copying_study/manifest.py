@@ -99,6 +99,7 @@ def build_manifest(record: dict[str, Any]) -> dict[str, Any]:
         "datasets_loaded": record.get("datasets_loaded") or {},
         "datasets_saved": record.get("datasets_saved") or {},
         "weights": record.get("weights") or {},
+        "measurement": record.get("measurement") or {},
         "packages": package_versions(),
         "device": device_info(),
         "status": "failed" if record.get("error") else "finished",

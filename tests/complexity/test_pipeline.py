@@ -71,6 +71,7 @@ def write_inputs(project: Path, training: pd.DataFrame, replication: pd.DataFram
         catalog = session.load_context().catalog
         catalog.save("training_set", training)
         catalog.save("replication_scores", replication)
+        catalog.save("descriptor_calibration", {"copy_threshold": 0.6})  # complexity.threshold: calibrated
 
 
 def latest(project: Path, relative: str) -> Path:

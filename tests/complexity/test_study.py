@@ -68,7 +68,7 @@ def test_nan_similarity_is_an_error_naming_the_rows(training_set):
     with pytest.raises(ValueError, match=r"2 row\(s\) have a missing or non-finite top1_similarity \(gen_id: g1, g3\)"):
         score_matches(rs, training_set, size=16)
     with pytest.raises(ValueError, match="gen_id: g1, g3"):
-        nodes.correlate_complexity(rs.assign(entropy=0.0, jpeg_bytes=1, total_variation=0.0), PARAMS, 0)
+        nodes.correlate_complexity(rs.assign(entropy=0.0, jpeg_bytes=1, total_variation=0.0), {}, PARAMS, 0)
 
 
 def test_bad_matches_are_errors_naming_them(training_set):
@@ -106,14 +106,14 @@ def test_report_counts_and_simple_images_copied_more(training_set):
 
 def test_two_rows_and_constant_columns_are_reported_not_raised(training_set):
     two = score_matches(replication(["t0", "t2"], [0.9, 0.1]), training_set, size=16)
-    report, metrics = nodes.correlate_complexity(two, PARAMS, 0)
+    report, metrics = nodes.correlate_complexity(two, {}, PARAMS, 0)
     assert all(report[m]["status"] == "not_computable" for m in ("entropy", "jpeg_bytes", "total_variation"))
     assert len(report["messages"]) == 3 and "at least 3" in report["messages"][0]
     assert "complexity.entropy.pearson_r" not in metrics and metrics["complexity.n"] == 2.0
     json.dumps(report, allow_nan=False)
 
     same = score_matches(replication(["t0", "t0", "t0", "t0"], [0.9, 0.1, 0.5, 0.7]), training_set, size=16)
-    report, _ = nodes.correlate_complexity(same, PARAMS, 0)
+    report, _ = nodes.correlate_complexity(same, {}, PARAMS, 0)
     assert report["entropy"]["status"] == "not_computable"
     assert "'entropy' is constant" in report["entropy"]["reason"]
     assert any("'jpeg_bytes' is constant" in m for m in report["messages"])
@@ -122,7 +122,7 @@ def test_two_rows_and_constant_columns_are_reported_not_raised(training_set):
 def test_empty_input_gives_outputs_and_plots(training_set):
     scores = score_matches(replication([], []), training_set, size=16)
     assert len(scores) == 0 and list(scores.columns) == list(SCORE_COLUMNS)
-    report, metrics = nodes.correlate_complexity(scores, PARAMS, 0)
+    report, metrics = nodes.correlate_complexity(scores, {}, PARAMS, 0)
     assert report["n"] == 0 and report["entropy"]["status"] == "not_computable"
     assert isinstance(nodes.plot_complexity_density(scores, report), Figure)
     assert isinstance(nodes.plot_complexity_scatter(scores, report), Figure)
@@ -131,7 +131,7 @@ def test_empty_input_gives_outputs_and_plots(training_set):
 def test_plots_have_a_panel_per_measure_with_the_correlation(training_set):
     rs = replication(["t0", "t1", "t2", "t3", "t0", "t4"], [0.9, 0.7, 0.2, 0.3, 0.9, 0.65])
     scores = score_matches(rs, training_set, size=16)
-    report, _ = nodes.correlate_complexity(scores, PARAMS, 0)
+    report, _ = nodes.correlate_complexity(scores, {}, PARAMS, 0)
     scatter = nodes.plot_complexity_scatter(scores, report)
     titles = [ax.get_title() for ax in scatter.axes]
     assert len(titles) == 3 and all("Pearson r =" in t for t in titles)
@@ -160,3 +160,12 @@ def test_bad_parameters_name_the_key(key, value, message):
 def test_unknown_and_missing_parameter_keys():
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['treshold'\], missing key\(s\) \['threshold'\]"):
         nodes.validate_params({**{k: v for k, v in PARAMS.items() if k != "threshold"}, "treshold": 0.6})
+
+
+def test_calibrated_threshold_comes_from_the_descriptor_calibration():
+    scores = pd.DataFrame({"gen_id": [f"g{i}" for i in range(12)], "top1_similarity": np.linspace(0.1, 0.9, 12),
+                           "match_image_id": [f"m{i}" for i in range(12)], "entropy": np.linspace(3, 1, 12),
+                           "jpeg_bytes": np.arange(12) * 10 + 100, "total_variation": np.linspace(5, 1, 12)})
+    report, _ = nodes.correlate_complexity(scores, {"copy_threshold": 0.5}, {**PARAMS, "threshold": "calibrated"}, 0)
+    assert report["threshold"] == 0.5 and report["threshold_source"].startswith("descriptor_calibration")
+    assert report["n_above_threshold"] == int((scores["top1_similarity"] > 0.5).sum())

@@ -25,6 +25,23 @@ def test_descriptors_dataset_rejects_bad_shapes(tmp_path):
         ds.save({"embeddings": np.zeros((3, 2)), "image_ids": ["a"], "meta": {}})
 
 
+def test_descriptors_dataset_keeps_row_info(tmp_path):
+    path = str(tmp_path / "d.npz")
+    emb = np.ones((3, 2), np.float32)
+    quality = np.array([100, 12, 0], np.int16)
+    data = {"embeddings": emb, "image_ids": list("abc"), "meta": {"name": "pdq"},
+            "row_info": {"quality": quality, "low_quality": quality < 50}}
+    DescriptorsDataset(path).save(data)
+    loaded = DescriptorsDataset(path).load()
+    assert set(loaded["row_info"]) == {"quality", "low_quality"}
+    assert np.array_equal(loaded["row_info"]["quality"], quality) and loaded["row_info"]["quality"].dtype == np.int16
+    assert list(loaded["row_info"]["low_quality"]) == [False, True, True]
+    DescriptorsDataset(path).save({k: v for k, v in data.items() if k != "row_info"})
+    assert "row_info" not in DescriptorsDataset(path).load()
+    with pytest.raises(DatasetError, match="row_info 'quality' must be a numeric array of 3 values"):
+        DescriptorsDataset(path).save({**data, "row_info": {"quality": quality[:2]}})
+
+
 def test_diffusers_dataset_roundtrip(tmp_path):
     import torch
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel

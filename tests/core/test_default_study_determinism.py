@@ -26,6 +26,10 @@ def test_default_study_reruns_bit_identically(kedro_project):
     record = HOOKS[0].record
     assert {"training_set", "finetuned_model", "generations", "replication_summary",
             "complexity_correlations"} <= set(record["datasets_saved"])
+    measurement = record["measurement"]  # the run manifest carries the calibration and the controls' verdicts
+    assert measurement["descriptor_calibration"]["copy_threshold"] == 0.5
+    assert measurement["descriptor_calibration"]["families"]["photos"]["recall"] >= 0.95
+    assert measurement["controls"]["replication_summary"]["status"] in ("passed", "FAILED")
     out = io.StringIO()
     code = run_audit(record["mlflow_run_id"], kedro_project, out=out)
     text = out.getvalue()

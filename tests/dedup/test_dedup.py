@@ -49,10 +49,10 @@ def test_cluster_table_schema(embedded, embedded_run):
     singles = clusters[clusters["cluster_size"] == 1]
     assert singles["cluster_id"].is_unique and singles["max_similarity"].isna().all()
     multi = clusters[clusters["cluster_size"] > 1]
-    assert (multi["max_similarity"] >= 0.9).all() and (multi["n_neighbors"] >= 1).all()
+    assert (multi["max_similarity"] >= 0.75).all() and (multi["n_neighbors"] >= 1).all()
     assert clusters["cluster_size"].iloc[np.argmin(clusters["cluster_id"])] == clusters["cluster_size"].max()
     assert (clusters["reportable"] == (clusters["cluster_size"] >= 3)).all()
-    assert set(clusters["descriptor"]) == {"default"} and set(clusters["threshold"]) == {0.9}
+    assert set(clusters["descriptor"]) == {"default"} and set(clusters["threshold"]) == {0.75}
 
 
 def test_summary_has_caption_similarity(embedded, embedded_run):
@@ -105,6 +105,7 @@ def test_pair_scores():
     ({"mitigation": "drop"}, "dedup.mitigation 'drop' is not one of none, collapse, resample_captions"),
     ({"search": {"index": "annoy"}}, "dedup.search.index 'annoy' is not one of flat, ivf, hnsw"),
     ({"search": {"nprob": 3}}, "unknown dedup.search keys \\['nprob'\\]"),
+    ({"search": {"backend": "cuda"}}, "dedup.search.backend 'cuda' is not one of faiss, torch, auto"),
     ({"min_cluster_size": 0}, "dedup.min_cluster_size must be an integer >= 1"),
     ({"treshold": 0.5}, "unknown parameter dedup.treshold"),
 ])

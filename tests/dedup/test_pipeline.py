@@ -44,4 +44,9 @@ def test_ingest_then_dedup_writes_the_outputs(kedro_project):
     run = mlflow.search_runs(experiment_names=["copying_study"], output_format="list")[0]
     assert run.data.metrics["pair_precision"] == pytest.approx(metrics["pair_precision"])
     assert run.data.metrics["n_clusters"] == metrics["n_clusters"]
-    assert run.data.params["dedup.threshold"] == "0.9" and run.data.params["dedup.mitigation"] == "collapse"
+    assert run.data.params["dedup.threshold"] == "0.75" and run.data.params["dedup.mitigation"] == "collapse"
+    calibration = json.loads(_latest(kedro_project, "data/04_feature/descriptor_calibration.json").read_text())
+    assert calibration["copy_threshold"] == pytest.approx(0.5) and calibration["meets_targets"]
+    assert calibration["descriptor"]["whitening"]["sha256"] == meta["whitening"]["sha256"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "descriptor_calibration")}
+    assert any(a.endswith("descriptor_calibration.json") for a in artifacts)

@@ -119,3 +119,91 @@ def test_descriptor_mismatch_between_queries_and_index(data):
         knn(data[:2], index, queries_meta=other)
     with pytest.raises(ValueError, match="meta says dim 16"):
         build_index(data, meta=dict(meta, dim=16))
+
+
+# -- the torch backend (GPUs without faiss-gpu): exact pairs from half-precision tiles rescored in float32 ---------
+
+
+def near_threshold(t: float, n_pairs: int = 100, width: float = 2e-4, d: int = 64, seed: int = 5) -> np.ndarray:
+    """Pairs of unit vectors whose cosine lies within ±width/2 of ``t``: where float16 rounding would decide."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_pairs):
+        a = unit_rows(rng.standard_normal((1, d)))[0].astype(np.float64)
+        u = rng.standard_normal(d)
+        u -= u.dot(a) * a
+        u /= np.linalg.norm(u)
+        c = t + (k / (n_pairs - 1) - 0.5) * width
+        rows += [a, c * a + np.sqrt(1 - c * c) * u]
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("threshold", [0.6, 0.95])
+def test_torch_backend_finds_the_faiss_pairs_and_exact_scores(data, threshold, half):
+    from copying_study.search.torch_join import torch_threshold_pairs
+
+    expected = threshold_pairs(data, threshold)
+    i, j, s, truncated = torch_threshold_pairs(data, threshold, half=half, row_block=128, col_block=200)
+    order = np.lexsort((j, i))
+    assert truncated == 0
+    np.testing.assert_array_equal(i[order], expected[0])
+    np.testing.assert_array_equal(j[order], expected[1])
+    np.testing.assert_allclose(s[order], expected[2], atol=1e-6)
+    via_api = threshold_pairs(data, threshold, backend="torch")
+    for got, want in zip(via_api, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_torch_backend_half_precision_candidates_lose_no_pair_near_the_threshold():
+    from copying_study.search.torch_join import torch_threshold_pairs
+
+    x = near_threshold(0.7)
+    want = {(a, b) for a, b in zip(*np.nonzero(np.triu(x @ x.T >= 0.7, 1)), strict=True)}
+
+    def found(margin: float) -> set:
+        i, j, _, _ = torch_threshold_pairs(x, 0.7, half=True, row_block=64, col_block=128, margin=margin)
+        return set(zip(i.tolist(), j.tolist(), strict=True))
+
+    assert len(want) == 50
+    assert len(found(0.0)) < len(want)  # float16 alone misses pairs just above the threshold ...
+    assert found(4e-3) == want  # ... the margin and the float32 rescoring find every one
+
+
+def test_torch_backend_caps_rows_like_the_faiss_search(data, caplog):
+    with caplog.at_level(logging.WARNING):
+        i, j, s = threshold_pairs(data, 0.6, backend="torch", max_neighbors=4)
+    assert "more than max_neighbors=4" in caplog.text
+    fi, fj, _ = threshold_pairs(data, 0.6, k_start=2, max_neighbors=4)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(zip(fi.tolist(), fj.tolist(), strict=True))
+
+
+def test_cap_pairs_on_parts_then_whole_equals_whole():
+    """The on-the-way pruning that bounds memory never drops a pair the final cap keeps."""
+    from copying_study.search.torch_join import cap_pairs
+
+    rng = np.random.default_rng(2)
+    n, m = 30, 300
+    i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+    keep = i < j
+    i, j = i[keep], j[keep]
+    _, first = np.unique(i * n + j, return_index=True)
+    i, j = i[first], j[first]
+    s = rng.random(i.size).astype(np.float32)
+    whole = cap_pairs(i, j, s, n, 3)
+    half_way = cap_pairs(i[: i.size // 2], j[: i.size // 2], s[: i.size // 2], n, 3)
+    staged = cap_pairs(np.concatenate([half_way[0], i[i.size // 2:]]), np.concatenate([half_way[1], j[i.size // 2:]]),
+                       np.concatenate([half_way[2], s[i.size // 2:]]), n, 3)
+    assert whole[3] > 0
+    assert set(zip(staged[0].tolist(), staged[1].tolist(), strict=True)) == set(
+        zip(whole[0].tolist(), whole[1].tolist(), strict=True))
+
+
+def test_backend_choice_and_bad_combinations(data):
+    from copying_study.search.neighbours import choose_backend
+
+    assert choose_backend("auto", None, {}) == "faiss"  # no CUDA here
+    with pytest.raises(ValueError, match="unknown self-join backend 'cuda'"):
+        threshold_pairs(data, 0.7, backend="cuda")
+    with pytest.raises(ValueError, match="torch self-join backend is exact"):
+        threshold_pairs(data, 0.7, backend="torch", kind="ivf")

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageEnhance
 
 from copying_study.descriptors import load_descriptor
+from copying_study.metrics import evaluation as ev
 from copying_study.pipelines.evaluate import nodes
 from copying_study.utils.images import decode_image, encode_png
 from tests.conftest import make_training_set
@@ -28,6 +29,27 @@ def train_descriptors(training_set) -> dict:
     d = load_descriptor({"name": "default"}, device="cpu")
     emb = d.encode([decode_image(b) for b in training_set["image"]])
     return {"embeddings": emb, "image_ids": training_set["image_id"].tolist(), "meta": d.meta()}
+
+
+def calibration_for(meta: dict, threshold: float = 0.5) -> dict:
+    """A descriptor_calibration record of ``meta``'s descriptor (the figures are placeholders: the evaluate nodes
+    only read the threshold and report the figures)."""
+    family = {"false_positive_rate": 0.0005, "recall": 0.99, "meets_targets": True, "n_negative_pairs": 19900,
+              "n_positive_pairs": 1400}
+    return {"version": 2, "descriptor": meta, "copy_threshold": threshold, "threshold_rule": "test",
+            "targets": {"max_false_positive_rate": 0.01, "min_recall": 0.95}, "meets_targets": True,
+            "families": {"photos": family, "embedded": family}}
+
+
+@pytest.fixture(scope="module")
+def control_set() -> pd.DataFrame:
+    """Images never in the training set (the negative control): photo-like synthetic images. (Scenes from
+    ``make_training_set`` itself would not do: it gives scene i the same shape and colour whatever the seed, so
+    half of another seed's scenes are look-alikes that score as copies — which is what a negative control is for.)"""
+    from copying_study.descriptors.reference import synthetic_photos
+
+    images = synthetic_photos(24, size=32, seed=5)
+    return pd.DataFrame({"image_id": [f"control{k}" for k in range(24)], "image": [encode_png(i) for i in images]})
 
 
 def make_generations(training_set: pd.DataFrame) -> pd.DataFrame:
@@ -55,26 +77,36 @@ def make_generations(training_set: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def run_evaluate(training_set, train_descriptors, control_set, params, calibration=None, seed=0):
+    # FID off unless asked for: the bundled Inception takes minutes on a CPU (it runs in the pipeline test)
+    params = {"fid": {"enabled": False}, **params}
+    gens = nodes.select_generations(make_generations(training_set), params)
+    record = {"duplicated_ids": training_set["image_id"][:3].tolist(), "duplication": "full"}
+    info = nodes.finetune_info(record, params)
+    scale = nodes.copy_scale(calibration or calibration_for(train_descriptors["meta"]), train_descriptors, params)
+    gd = nodes.describe_generations(gens, train_descriptors, params, "cpu")
+    scores = nodes.match_generations(gens, gd, train_descriptors, info, scale, params)
+    background = nodes.background_similarity(train_descriptors, training_set, None)
+    controls = nodes.score_controls(control_set, training_set, train_descriptors, None, scale, params, seed, "cpu")
+    per_prompt = nodes.prompt_scores(scores, params)
+    fid = nodes.compute_fid(gens, training_set, gd, train_descriptors, params, 0, "cpu")
+    clip = nodes.compute_clipscore(gens, params, "cpu")
+    pdq = nodes.pdq_cross_check(scores, gens, training_set, params)
+    summary, metrics = nodes.summarise(scores, background, per_prompt, controls, scale, fid, clip, info,
+                                       training_set, train_descriptors, params, seed, pdq)
+    return {"gens": gens, "gd": gd, "scores": scores, "background": background, "summary": summary,
+            "metrics": metrics, "per_prompt": per_prompt, "info": info, "params": params, "scale": scale,
+            "controls": controls}
+
+
 @pytest.fixture(scope="module")
-def evaluated(training_set, train_descriptors, tmp_path_factory):
+def evaluated(training_set, train_descriptors, control_set, tmp_path_factory):
     from tests.evaluate.test_fid import TinyInception, save_script
 
     # a tiny stand-in network keeps this fast; the bundled Inception runs in the pipeline test
     inception = save_script(TinyInception(), tmp_path_factory.mktemp("fid") / "inception-2015-12-05.pt")
-    params = {"bootstrap": {"n_boot": 200}, "fid": {"inception_path": inception}}
-    gens = nodes.select_generations(make_generations(training_set), params)
-    record = {"duplicated_ids": training_set["image_id"][:3].tolist(), "duplication": "full"}
-    info = nodes.finetune_info(record, params)
-    gd = nodes.describe_generations(gens, train_descriptors, params, "cpu")
-    scores = nodes.match_generations(gens, gd, train_descriptors, info, params)
-    background = nodes.background_similarity(train_descriptors)
-    per_prompt = nodes.prompt_scores(scores, params)
-    fid = nodes.compute_fid(gens, training_set, gd, train_descriptors, params, 0, "cpu")
-    clip = nodes.compute_clipscore(gens, params, "cpu")
-    summary, metrics = nodes.summarise(scores, background, per_prompt, fid, clip, info, training_set,
-                                       train_descriptors, params, 0)
-    return {"gens": gens, "gd": gd, "scores": scores, "background": background, "summary": summary,
-            "metrics": metrics, "per_prompt": per_prompt, "info": info, "params": params}
+    return run_evaluate(training_set, train_descriptors, control_set,
+                        {"bootstrap": {"n_boot": 200}, "fid": {"inception_path": inception}})
 
 
 def test_copies_match_their_training_image_and_unrelated_score_lower(evaluated, training_set):
@@ -96,7 +128,8 @@ def test_copies_match_their_training_image_and_unrelated_score_lower(evaluated, 
 
 def test_replication_scores_schema(evaluated):
     s = evaluated["scores"]
-    assert list(s.columns[:4]) == ["gen_id", "file_name", "top1_similarity", "match_image_id"]
+    assert list(s.columns[:5]) == ["gen_id", "file_name", "top1_similarity", "copy", "match_image_id"]
+    assert (s["copy"] == (s["top1_similarity"] >= 0.5)).all()
     for col in ("topk_ids", "topk_scores", "prompt", "source_image_id", "source_duplicated"):
         assert col in s.columns
     assert all(len(ids) == 10 and len(sc) == 10 for ids, sc in zip(s["topk_ids"], s["topk_scores"], strict=True))
@@ -107,7 +140,7 @@ def test_replication_scores_schema(evaluated):
     assert flags["g00"] is True and flags["g01"] is False and flags["g10"] is None
 
 
-def test_summary_values_and_keys(evaluated):
+def test_summary_values_and_keys(evaluated, training_set):
     s, m = evaluated["summary"], evaluated["metrics"]
     top1 = evaluated["scores"]["top1_similarity"].to_numpy()
     assert s["dataset_similarity"] == pytest.approx(np.percentile(top1, 95))
@@ -119,11 +152,23 @@ def test_summary_values_and_keys(evaluated):
                 "clipscore"):
         assert key in s, key
     assert s["descriptor"]["name"] == "default"
-    # background: the planted exact copies in the training set make the nearest OTHER image score 1.0
+    # the copy scale: the calibrated threshold, and the copy rate at it
+    assert s["copy_threshold"] == 0.5 and s["copy_scale"]["source"] == "descriptor_calibration"
+    assert s["copy_rate"] == pytest.approx(np.mean(top1 >= 0.5)) and s["n_copies"] == int((top1 >= 0.5).sum())
+    assert s["copy_rate_ci"][0] <= s["copy_rate"] <= s["copy_rate_ci"][1]
+    assert s["copy_scale"]["calibration"]["photos"]["recall"] == 0.99
+    # background: the planted exact copies in the training set make the nearest OTHER image score 1.0 ...
     bg = evaluated["background"]
     assert (bg["image_id"] != bg["nearest_image_id"]).all()
     assert (bg["similarity"] > 0.9999).sum() >= 6
     assert s["background"]["n"] == len(bg) and s["background"]["max"] == pytest.approx(1.0, abs=1e-4)
+    # ... while the nearest DISTINCT image excludes the planted cluster: no exact copy is left
+    planted = training_set.set_index("image_id")["planted_cluster"]
+    in_cluster = bg["image_id"].map(planted) >= 0
+    assert in_cluster.sum() == 6 and bg.loc[in_cluster, "known_duplicate_group"].notna().all()
+    assert (bg["distinct_similarity"] < 0.9999).all()
+    assert (bg["nearest_distinct_image_id"].map(planted) != bg["image_id"].map(planted)).loc[in_cluster].all()
+    assert s["background_distinct"]["max"] < 0.9999 and s["background_distinct"]["n_in_known_duplicate_groups"] == 6
     # FID with the given network, recorded; beside it a Fréchet distance named by its feature space
     assert s["fid"] > 0 and s["fid_info"]["network"].startswith("user file")
     assert s["fid_info"]["inception_path"] == evaluated["params"]["fid"]["inception_path"]
@@ -144,8 +189,8 @@ def test_summary_is_seed_stable(evaluated, training_set, train_descriptors):
     e = evaluated
     fid = {"fid": None, "fid_info": {"reason": "x"}}
     clip = {"clipscore": None, "clipscore_info": {"reason": "x"}}
-    args = (e["scores"], e["background"], e["per_prompt"], fid, clip, e["info"], training_set, train_descriptors,
-            e["params"])
+    args = (e["scores"], e["background"], e["per_prompt"], e["controls"], e["scale"], fid, clip, e["info"],
+            training_set, train_descriptors, e["params"])
     a, b, c = nodes.summarise(*args, 0)[0], nodes.summarise(*args, 0)[0], nodes.summarise(*args, 1)[0]
     assert a["dataset_similarity_ci"] == b["dataset_similarity_ci"]
     assert a["background"]["dataset_similarity_ci"] == b["background"]["dataset_similarity_ci"]
@@ -153,7 +198,8 @@ def test_summary_is_seed_stable(evaluated, training_set, train_descriptors):
 
 
 def test_plots(evaluated, training_set):
-    fig = nodes.plot_histogram(evaluated["scores"], evaluated["background"], evaluated["params"])
+    fig = nodes.plot_histogram(evaluated["scores"], evaluated["background"], evaluated["controls"],
+                               evaluated["scale"], evaluated["params"])
     assert isinstance(fig, Figure) and len(fig.axes[0].patches) > 0
     gallery = nodes.plot_gallery(evaluated["scores"], evaluated["gens"], training_set,
                                  {"plots": {"gallery_n": 4, "gallery_columns": 2}})
@@ -190,7 +236,8 @@ def test_mismatched_descriptors_are_refused(training_set, train_descriptors):
     for other in ({**meta, "name": "sscd"}, {**meta, "preprocessing": {"resize": "another"}},
                   {**meta, "weights": {"path": "x.pt", "sha256": "0" * 64}}):
         with pytest.raises(ValueError, match="descriptor mismatch"):
-            nodes.match_generations(gens, {**gd, "meta": other}, train_descriptors, nodes.no_finetune_info({}), {})
+            nodes.match_generations(gens, {**gd, "meta": other}, train_descriptors, nodes.no_finetune_info({}),
+                                    {"threshold": 0.5}, {})
     broken = {**train_descriptors, "meta": {**train_descriptors["meta"], "dim": 12}}
     with pytest.raises(ValueError, match="12-d"):
         nodes.describe_generations(gens, broken, {}, "cpu")
@@ -198,7 +245,7 @@ def test_mismatched_descriptors_are_refused(training_set, train_descriptors):
              "embeddings": train_descriptors["embeddings"][:-1]}
     scores = pd.DataFrame({"top1_similarity": [0.5, 0.6], "original_prompt": ["a", "b"]})
     with pytest.raises(ValueError, match="do not describe this training_set"):
-        nodes._check_same_ids(training_set, short)
+        ev.check_same_ids(training_set, short)
     assert len(scores) == 2
 
 
@@ -220,7 +267,7 @@ def test_folder_of_generations(tmp_path, training_set, train_descriptors):
     assert nodes.select_generations(pd.DataFrame(), params)["gen_id"].tolist() == gens["gen_id"].tolist()
     assert nodes.finetune_info({"duplicated_ids": []}, params)["available"] is False
     gd = nodes.describe_generations(gens, train_descriptors, params, "cpu")
-    scores = nodes.match_generations(gens, gd, train_descriptors, info, params)
+    scores = nodes.match_generations(gens, gd, train_descriptors, info, {"threshold": 0.5}, params)
     by_name = scores.set_index("file_name")
     assert by_name.loc["a.png", "match_image_id"] in set(training_set["image_id"][:3])
     assert by_name["top1_similarity"].min() > 0.95  # JPEG re-encoding still matches
@@ -266,3 +313,67 @@ def test_fid_and_clipscore_nodes_with_local_weights(tmp_path, evaluated, trainin
     with pytest.raises(FileNotFoundError, match="inception_path"):
         nodes.compute_fid(gens, training_set, gd, train_descriptors, {"fid": {"inception_path": str(tmp_path / "x.pt")}},
                           0, "cpu")
+
+
+def test_controls_pass_on_held_out_scenes_and_copy_transformed_training_images(evaluated):
+    c = evaluated["summary"]["controls"]
+    assert c["status"] == "passed" and c["passed"] and not c["failures"]
+    assert c["negative"]["n"] == 24 and c["negative"]["copy_rate"] <= 0.05
+    assert c["positive"]["n"] == 28 and c["positive"]["copy_rate"] >= 0.95  # n_positive 64 > 28 training images
+    assert c["positive"]["match_is_source_rate"] >= 0.95
+    table = evaluated["controls"]
+    assert set(table["control"]) == {"negative", "positive"} and list(table.columns) == list(ev.CONTROL_COLUMNS)
+    pos = table[table["control"] == "positive"]
+    assert set(pos["transform"]) <= {"resize", "jpeg", "crop", "brightness", "contrast", "text", "combo"}
+    assert evaluated["metrics"]["controls_passed"] == 1.0
+
+
+def test_a_failing_control_is_reported_in_the_summary_metrics_and_printout(training_set, train_descriptors):
+    from copying_study.summary import format_summary
+
+    # a "negative control" that holds training images themselves: every one of them is a copy
+    leaked = training_set.iloc[:24].copy()
+    out = run_evaluate(training_set, train_descriptors, leaked, {"bootstrap": {"n_boot": 100}})
+    c = out["summary"]["controls"]
+    assert c["status"] == "FAILED" and not c["passed"] and c["negative"]["copy_rate"] == 1.0
+    assert "negative control copy rate 1.000" in c["failures"][0]
+    assert out["metrics"]["controls_passed"] == 0.0
+    text = format_summary(out["summary"], None, [])
+    assert "controls FAILED" in text and "!! the controls failed" in text
+    # at a threshold only exact copies reach, the copy-transformed training images fail the positive control
+    look_alikes = make_training_set(n=24, seed=7, n_dup_clusters=0)  # same shapes and colours as the training set
+    alike = run_evaluate(training_set, train_descriptors, look_alikes, {"bootstrap": {"n_boot": 50}})
+    assert alike["summary"]["controls"]["negative"]["passed"] is False
+    strict = run_evaluate(training_set, train_descriptors, look_alikes,
+                          {"copy_threshold": 0.9999, "bootstrap": {"n_boot": 50}})
+    assert strict["summary"]["controls"]["positive"]["passed"] is False
+
+
+def test_a_control_too_small_for_its_estimate_is_an_error_naming_it(training_set, train_descriptors):
+    with pytest.raises(ValueError, match="negative control has 5 image.*min_images=20.*control_set"):
+        run_evaluate(training_set, train_descriptors, make_training_set(n=5, seed=7, n_dup_clusters=0),
+                     {"bootstrap": {"n_boot": 50}})
+    with pytest.raises(ValueError, match="negative control has 0 image"):
+        run_evaluate(training_set, train_descriptors, make_training_set(n=5, seed=7, n_dup_clusters=0).iloc[:0],
+                     {"bootstrap": {"n_boot": 50}})
+
+
+def test_a_user_threshold_is_recorded_as_such(training_set, train_descriptors, control_set):
+    scale = nodes.copy_scale(calibration_for(train_descriptors["meta"]), train_descriptors, {"copy_threshold": 0.8})
+    assert scale["threshold"] == 0.8 and scale["calibrated_threshold"] == 0.5
+    assert scale["source"].startswith("evaluate.copy_threshold")
+    other = load_descriptor({"name": "default", "whitening": None}).meta()
+    with pytest.raises(ValueError, match="descriptor mismatch"):
+        nodes.copy_scale(calibration_for(other), train_descriptors, {})
+
+
+def test_pdq_cross_checks_the_descriptors_copies(evaluated):
+    pdq = evaluated["summary"]["pdq_cross_check"]
+    copies = int(evaluated["scores"]["copy"].sum())
+    assert pdq["n_generations"] == len(evaluated["scores"]) == 16 and pdq["n_copies_main"] == copies
+    # the exact copies are byte-identical to a training image: PDQ's hash is the same, so it confirms them
+    assert pdq["n_copies_confirmed_by_pdq"] >= 3 and 0 < pdq["confirmed_share"] <= 1
+    assert 0 <= pdq["agreement"] <= 1 and "31" in pdq["rule"]
+    assert evaluated["metrics"]["pdq_confirmed_share"] == pdq["confirmed_share"]
+    assert ev.pdq_cross_check(evaluated["scores"], evaluated["gens"], make_training_set(),
+                              {"pdq_cross_check": False}) == {"skipped": "evaluate.pdq_cross_check is false"}

@@ -13,7 +13,7 @@ from copying_study.descriptors import load_descriptor
 from copying_study.metrics import fid as fid_metrics
 from copying_study.utils.images import decode_image
 from tests.conftest import make_training_set, run_kedro, save_datasets
-from tests.evaluate.test_nodes import make_generations
+from tests.evaluate.test_nodes import calibration_for, make_generations
 
 PARAMS = {"seed": 5, "device": "cpu", "evaluate": {"bootstrap": {"n_boot": 200}, "plots": {"gallery_n": 6}}}
 
@@ -25,10 +25,20 @@ def project(kedro_project: Path) -> Path:
 
 
 def training_inputs() -> dict:
+    """What ingest and dedup_clusters would have saved: training and control sets, descriptors, calibration and
+    (every image its own) duplicate clusters."""
+    from copying_study.descriptors.reference import synthetic_photos
+    from copying_study.utils.images import encode_png
+
     training = make_training_set()
     d = load_descriptor({"name": "default"}, device="cpu")
     emb = d.encode([decode_image(b) for b in training["image"]])
-    return {"training_set": training,
+    control = pd.DataFrame({"image_id": [f"control{k}" for k in range(24)],
+                            "image": [encode_png(i) for i in synthetic_photos(24, size=32, seed=5)]})
+    clusters = pd.DataFrame({"image_id": training["image_id"], "cluster_id": np.arange(len(training)),
+                             "cluster_size": 1})
+    return {"training_set": training, "control_set": control, "duplicate_clusters": clusters,
+            "descriptor_calibration": calibration_for(d.meta()),
             "train_descriptors": {"embeddings": emb, "image_ids": training["image_id"].tolist(), "meta": d.meta()}}
 
 
@@ -67,6 +77,10 @@ def test_evaluate_pipeline_outputs_metrics_and_load_versions(project):
     assert summary["inputs"]["generations"] == "generations table" and summary["inputs"]["finetuning_record"]
     assert summary["descriptor"]["name"] == "default"
     assert metrics["dataset_similarity"] == pytest.approx(summary["dataset_similarity"])
+    assert summary["copy_threshold"] == 0.5 and metrics["copy_rate"] == pytest.approx(summary["copy_rate"])
+    assert summary["controls"]["status"] == "passed" and metrics["controls_passed"] == 1.0
+    controls = pd.read_parquet(latest(project, "data/07_model_output/replication_controls.parquet"))
+    assert (controls["control"] == "negative").sum() == 24
     for png in ("replication_histogram.png", "replication_gallery.png"):
         assert latest(project, f"data/08_reporting/{png}").stat().st_size > 5000
 
@@ -77,6 +91,7 @@ def test_evaluate_pipeline_outputs_metrics_and_load_versions(project):
     assert run.data.metrics["dataset_similarity"] == pytest.approx(summary["dataset_similarity"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "replication_gallery")}
     assert artifacts, "the gallery was not logged to MLflow"
+    assert run.data.tags["controls"] == "passed" and run.data.tags["copy_threshold"] == "0.5"
 
     # an older input version, pinned as with --load-versions (FID/Fréchet off to keep the test short)
     quick = {**PARAMS, "evaluate": {**PARAMS["evaluate"], "fid": {"enabled": False}}}

@@ -172,7 +172,7 @@ def test_generate_node_writes_the_contract_table(pipe, tmp_path):
                copy_guard={"enabled": True, "threshold": 0.99})
     rng = np.random.default_rng(0)
     train = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(6)]
-    table, metrics, record = generate_images(str(folder), RECORD, descriptors_of(train), p, 0, "cpu")
+    table, metrics, record = generate_images(str(folder), RECORD, descriptors_of(train), None, p, 0, "cpu")
     assert list(table.columns[:8]) == ["gen_id", "prompt", "original_prompt", "seed", "first_seed", "mitigation",
                                        "gn_lambda", "image"]
     assert len(table) == 5 and table["gen_id"].is_unique
@@ -183,17 +183,26 @@ def test_generate_node_writes_the_contract_table(pipe, tmp_path):
     assert metrics["n_images"] == 5 and metrics["guard_caught"] == 0 and metrics["images_per_second"] > 0
     assert record["sampler"]["scheduler"] == "ddim" and record["model"]["source"] == str(folder)
     assert record["copy_guard"]["descriptor"]["name"] == "default"
-    again, _, _ = generate_images(str(folder), RECORD, descriptors_of(train), p, 0, "cpu")
+    again, _, _ = generate_images(str(folder), RECORD, descriptors_of(train), None, p, 0, "cpu")
     assert again["image"].tolist() == table["image"].tolist()  # byte-identical re-run
     fig = plot_generations_grid(table, p)
     assert len([ax for ax in fig.axes if ax.images]) == 5
+    # "calibrated": the guard's threshold is the descriptor's copy threshold from descriptor_calibration
+    d = descriptors_of(train)
+    calibrated = params(n_images=2, steps=2, batch_size=2, copy_guard={"enabled": True, "threshold": "calibrated"})
+    _, _, rec = generate_images(str(folder), RECORD, d, {"copy_threshold": 0.97, "descriptor": d["meta"]},
+                                calibrated, 0, "cpu")
+    assert rec["copy_guard"]["threshold"] == 0.97 and rec["copy_guard"]["threshold_source"] == "descriptor_calibration"
+    with pytest.raises(ValueError, match="descriptor mismatch"):
+        generate_images(str(folder), RECORD, d, {"copy_threshold": 0.97, "descriptor": {**d["meta"], "dim": 3}},
+                        calibrated, 0, "cpu")
 
 
 def test_generate_node_reports_a_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="was not found"):
-        generate_images(str(tmp_path / "nowhere"), RECORD, {}, params(n_images=1), 0, "cpu")
+        generate_images(str(tmp_path / "nowhere"), RECORD, {}, None, params(n_images=1), 0, "cpu")
     with pytest.raises(ValueError, match="no model to sample from"):
-        generate_images(None, RECORD, {}, params(n_images=1), 0, "cpu")
+        generate_images(None, RECORD, {}, None, params(n_images=1), 0, "cpu")
 
 
 def test_generate_from_model_uses_a_folder_and_prompts_file(pipe, tmp_path, caplog):
@@ -202,11 +211,11 @@ def test_generate_from_model_uses_a_folder_and_prompts_file(pipe, tmp_path, capl
     (tmp_path / "prompts.txt").write_text("a castle on a hill\na dog on a sofa\n")
     p = params(model=str(folder), prompts="file", prompts_file=str(tmp_path / "prompts.txt"), n_images=3,
                steps=2, batch_size=3, mitigation="rt")
-    table, metrics, record = generate_images_from_model({}, p, 0, "cpu")
+    table, metrics, record = generate_images_from_model({}, None, p, 0, "cpu")
     assert len(table) == 3 and table["source_image_id"].isna().all()
     assert set(table["original_prompt"]) <= {"a castle on a hill", "a dog on a sofa"}
     assert record["fallbacks"] and "no vocabulary" in caplog.text  # rt words come from the prompts, said loudly
     with pytest.raises(ValueError, match="needs generate.model"):
-        generate_images_from_model({}, params(), 0, "cpu")
+        generate_images_from_model({}, None, params(), 0, "cpu")
     with pytest.raises(ValueError, match="'training' needs a finetuning record"):
-        generate_images_from_model({}, params(model=str(folder)), 0, "cpu")
+        generate_images_from_model({}, None, params(model=str(folder)), 0, "cpu")

@@ -37,7 +37,8 @@ def test_generate_pipeline_writes_versioned_outputs_and_reruns_identically(kedro
     train = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(8)]
     descriptors = {"embeddings": d.encode(train), "image_ids": [f"img-{i:02d}" for i in range(8)], "meta": d.meta()}
     save_datasets(kedro_project, {"finetuned_model": small_pipeline(), "training_record": RECORD,
-                                  "train_descriptors": descriptors})
+                                  "train_descriptors": descriptors,
+                                  "descriptor_calibration": {"copy_threshold": 0.5, "descriptor": descriptors["meta"]}})
 
     run_kedro(kedro_project, ["generate"], params=PARAMS)
     table = pd.read_parquet(latest(kedro_project, "data/07_model_output/generations.parquet"))

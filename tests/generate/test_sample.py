@@ -172,3 +172,34 @@ def test_bad_settings_are_rejected(pipe):
         MitigationSettings("blur")
     with pytest.raises(ValueError, match="exceed batch_size"):
         sampler(pipe, batch_size=1).generate_batch(requests(2))
+
+
+def test_vae_upcast_only_for_float16_and_cuda_graph_setting():
+    """SD's VAE asks for float32 decoding (``force_upcast``) because float16 overflows; bfloat16 has float32's range
+    and decodes as it is, as diffusers does. CUDA graphs are for CUDA only and recorded in ``info()``."""
+    from copying_study.diffusion.reference_shapes import build_sd21_pipeline
+
+    sd = build_sd21_pipeline("tiny")
+    assert sd.vae.config.force_upcast
+    assert Sampler(sd, device=CPU, dtype="float16").vae_dtype == torch.float32
+    assert Sampler(sd, device=CPU, dtype="bfloat16").vae_dtype == torch.bfloat16
+    plain = Sampler(sd, device=CPU, dtype="float32")
+    assert plain.vae_dtype == torch.float32 and plain.info()["cuda_graph"] == "off"
+    with pytest.raises(ValueError, match="cuda_graph=true needs a CUDA device"):
+        Sampler(sd, device=CPU, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph must be auto, true or false"):
+        Sampler(sd, device=CPU, cuda_graph="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_gives_the_plain_calls_images():
+    from copying_study.diffusion.reference_shapes import build_sd21_pipeline
+
+    cuda = torch.device("cuda")
+    reqs = [ImageRequest(CAPTIONS[i], 10 + i) for i in range(5)]
+    graphed = Sampler(build_sd21_pipeline("tiny"), device=cuda, steps=6, batch_size=4, scheduler="dpm")
+    plain = Sampler(build_sd21_pipeline("tiny"), device=cuda, steps=6, batch_size=4, scheduler="dpm",
+                    cuda_graph=False)
+    a, b = pixels(graphed.generate(reqs)), pixels(plain.generate(reqs))
+    assert graphed.info()["cuda_graph"] == "on"
+    assert np.abs(a - b).max() <= 1

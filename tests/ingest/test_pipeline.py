@@ -39,7 +39,7 @@ def catalog(project: Path):
 def test_pipeline_shape():
     pipe = create_pipeline()
     assert pipe.inputs() == {"params:ingest", "params:seed"}
-    assert pipe.outputs() == {"training_set", "ingest_rejects", "ingest_metrics"}
+    assert pipe.outputs() == {"training_set", "ingest_rejects", "ingest_metrics", "control_set"}
 
 
 @pytest.mark.slow

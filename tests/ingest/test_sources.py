@@ -18,7 +18,9 @@ from tests.ingest.builders import encoded, photo, write_imagefolder, write_metad
 
 
 def run(source: str, path, resolution: int = 16, **options):
-    res = ingest({"source": source, "path": str(path), "resolution": resolution, source: options}, seed=0)
+    """Ingest everything into the training table (no control split: these tests check every item)."""
+    res = ingest({"source": source, "path": str(path), "resolution": resolution, source: options,
+                  "control": {"fraction": 0.0}}, seed=0)
     table = res.table.to_frame() if isinstance(res.table, ChunkedTable) else res.table
     return table, res.rejects, res.metrics
 
@@ -185,3 +187,35 @@ def test_modes_are_converted_and_counted(tmp_path):
     grey = decode_image(df.set_index("file_name").loc["grey16.png", "image"])
     r, g, b = grey.split()
     assert r.tobytes() == g.tobytes() == b.tobytes() and r.getextrema()[1] > 150  # scaled, not clipped to white
+
+
+def test_control_split_is_seeded_by_key_and_order_free(tmp_path):
+    """A seeded share of a real source goes to control_set: the same items for the same seed whatever the order
+    they arrive in, other items for another seed, and never an item in both tables."""
+    from copying_study.data.ingest import is_control
+
+    keys = [f"img{i:04d}.png" for i in range(2000)]
+    picked = {k for k in keys if is_control(k, 0, 0.05)}
+    assert 70 <= len(picked) <= 130  # binomial(2000, 0.05): mean 100, sd ~10
+    assert picked == {k for k in reversed(keys) if is_control(k, 0, 0.05)}
+    assert picked != {k for k in keys if is_control(k, 1, 0.05)}
+    assert not any(is_control(k, 0, 0.0) for k in keys)
+
+    folder = tmp_path / "src"
+    write_imagefolder(folder, n=40)
+    res = ingest({"source": "imagefolder", "path": str(folder), "resolution": 16, "control": {"fraction": 0.3}},
+                 seed=0)
+    train, control = res.table.to_frame(), res.control.to_frame()
+    assert len(train) + len(control) == 40 and len(control) > 0
+    assert not set(train["image_id"]) & set(control["image_id"])
+    assert res.metrics["control"]["n_images"] == len(control)
+    # a control folder of one's own: nothing is held out
+    other = tmp_path / "ctl"
+    write_imagefolder(other, n=5)
+    res = ingest({"source": "imagefolder", "path": str(folder), "resolution": 16,
+                  "control": {"path": str(other)}}, seed=0)
+    assert len(res.table) == 40 and len(res.control) == 5 and res.metrics["control"]["path"] == str(other)
+    with pytest.raises(ValueError, match="ingest.control.fraction"):
+        ingest({"source": "imagefolder", "path": str(folder), "control": {"fraction": 1.5}}, seed=0)
+    with pytest.raises(ValueError, match="ingest.control.path .* does not exist"):
+        ingest({"source": "imagefolder", "path": str(folder), "control": {"path": str(tmp_path / "nope")}}, seed=0)

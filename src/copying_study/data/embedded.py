@@ -410,6 +410,30 @@ def generate_embedded(
     return frame_from_rows(rows, with_planted=True)
 
 
+def generate_control(
+    n_images: int = 64,
+    resolution: int = 32,
+    seed: int = 0,
+    n_captions: int = 5,
+    complexity_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+) -> pd.DataFrame:
+    """The held-out split of the embedded study set: ``n_images`` distinct scenes from the same generator as
+    :func:`generate_embedded` but drawn from their own random streams, so none of them is a training scene (the
+    negative control of evaluate: images of the training distribution that the model never saw)."""
+    _check(int(n_images) >= 0, "n_control", f"must be >= 0, got {n_images}")
+    weights = np.asarray(list(complexity_weights), dtype=np.float64)
+    _check(weights.shape == (4,) and bool(np.all(weights >= 0)) and weights.sum() > 0, "complexity_weights",
+           f"must be 4 non-negative numbers (flat, simple, textured, busy) with a positive sum, got {complexity_weights}")
+    levels = numpy_rng(seed, "embedded", "control_levels").choice(4, size=int(n_images), p=weights / weights.sum())
+    rows = []
+    for i in range(int(n_images)):
+        rng = numpy_rng(seed, "embedded", "control_scene", i)
+        scene = sample_scene(rng, int(levels[i]))
+        img = render_scene(scene, resolution, rng)
+        rows.append(_row(img, f"control_{i:05d}.png", scene_captions(scene, n_captions, rng), scene.shape, -1))
+    return frame_from_rows(rows, with_planted=True)
+
+
 def _row(img: Image.Image, file_name: str, captions: list[str], label: str, cluster: int) -> dict:
     png = encode_png(img)
     sha = sha256_hex(png)

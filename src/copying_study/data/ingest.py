@@ -10,6 +10,12 @@ Peak memory is one chunk of PNGs plus one decoded image, whatever the source siz
 Rejected items (see ``readers.REJECT_REASONS``) go to the rejects table with their reason; with
 ``on_error: fail`` the first one raises :class:`IngestError` instead. A source that yields no image at all is an
 error naming the source, whatever ``on_error`` says.
+
+The **control set** (evaluate's negative control: images of the training distribution that are never trained on)
+is made here, so ``training_set`` never contains it: the embedded generator draws ``embedded.n_control`` held-out
+scenes; a real source sends each item to ``control_set`` with probability ``control.fraction``, decided by a hash of
+``(seed, item key)`` (seeded, independent of the order items arrive in); or, with ``control.path``, the control set
+is read from that folder (same layout as ``ingest.path``) and nothing is held out.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from copying_study.data.embedded import NEAR_COPY_OPS, generate_embedded
+from copying_study.data.embedded import NEAR_COPY_OPS, generate_control, generate_embedded
 from copying_study.data.readers import READERS, REJECT_REASONS, Reject, open_reader
 from copying_study.data.table import (
     ChunkedTable,
@@ -39,6 +45,7 @@ from copying_study.data.table import (
 )
 from copying_study.utils.images import encode_png, resize_center_crop, to_rgb
 from copying_study.utils.progress import progress
+from copying_study.utils.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "resolution": 32,
     "on_error": "skip",
     "chunk_rows": 256,
+    "control": {"fraction": 0.05, "path": None},
     "embedded": {
-        "n_images": 240, "n_clusters": 8, "copies_per_cluster": 4, "n_captions": 5,
+        "n_images": 240, "n_control": 64, "n_clusters": 8, "copies_per_cluster": 4, "n_captions": 5,
         "exact_copies_per_cluster": 1, "complexity_weights": [1.0, 1.0, 1.0, 1.0],
         "near_copy_ops": list(NEAR_COPY_OPS), "shuffle": True,
     },
@@ -87,11 +95,12 @@ class PreparedImage:
 
 @dataclass
 class IngestResult:
-    """The three outputs of the stage: training table, rejects table, and counts (``ingest_metrics``)."""
+    """The outputs of the stage: training table, rejects table, counts (``ingest_metrics``) and the control set."""
 
     table: ChunkedTable | pd.DataFrame
     rejects: pd.DataFrame
     metrics: dict[str, Any]
+    control: ChunkedTable | pd.DataFrame | None = None
 
 
 def prepare_image(data: bytes, resolution: int) -> PreparedImage:
@@ -147,6 +156,14 @@ def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"ingest.chunk_rows must be a positive integer, got {p['chunk_rows']!r}")
     if p["source"] == "embedded" and p["path"] not in (None, ""):
         logger.warning("ingest.path '%s' is ignored: ingest.source is embedded (generated data)", p["path"])
+    fraction = p["control"]["fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) < 1.0:
+        raise ValueError(f"ingest.control.fraction must be a number in [0, 1), got {fraction!r}")
+    if p["control"]["path"] not in (None, "") and not Path(str(p["control"]["path"])).expanduser().exists():
+        raise ValueError(f"ingest.control.path '{p['control']['path']}' does not exist")
+    n_control = p["embedded"]["n_control"]
+    if isinstance(n_control, bool) or not isinstance(n_control, int) or n_control < 0:
+        raise ValueError(f"ingest.embedded.n_control must be an integer >= 0, got {n_control!r}")
     if p["source"] != "embedded":
         if p["path"] is None or str(p["path"]).strip() == "":
             raise ValueError(f"ingest.path is required for ingest.source '{p['source']}'")
@@ -161,13 +178,30 @@ def ingest(params: Mapping[str, Any] | None, seed: int) -> IngestResult:
     p = validate_params(params)
     if p["source"] == "embedded":
         return ingest_embedded(p, seed)
-    return ingest_source(p["source"], p["path"], p["resolution"], p["on_error"], p[p["source"]], p["chunk_rows"])
+    control_path = p["control"]["path"] or None
+    result = ingest_source(p["source"], p["path"], p["resolution"], p["on_error"], p[p["source"]], p["chunk_rows"],
+                           control_fraction=0.0 if control_path else float(p["control"]["fraction"]), seed=seed)
+    if control_path:
+        control = ingest_source(p["source"], str(control_path), p["resolution"], p["on_error"], p[p["source"]],
+                                p["chunk_rows"])
+        result.control = control.table
+        result.metrics["control"] = {"source": "ingest.control.path", "path": str(control_path),
+                                     "n_images": len(control.table), "n_rejected": control.metrics["n_rejected"]}
+    return result
+
+
+def is_control(key: str, seed: int, fraction: float) -> bool:
+    """Whether the item with ``key`` goes to the control set: a seeded hash of the key below ``fraction``."""
+    return fraction > 0 and derive_seed(seed, "ingest", "control", key) / float(1 << 63) < fraction
 
 
 def ingest_embedded(p: Mapping[str, Any], seed: int) -> IngestResult:
     """Generate the embedded study set (``p`` = validated ``ingest`` params)."""
     start = time.perf_counter()
-    frame = generate_embedded(resolution=p["resolution"], seed=seed, **p["embedded"])
+    options = {k: v for k, v in p["embedded"].items() if k != "n_control"}
+    frame = generate_embedded(resolution=p["resolution"], seed=seed, **options)
+    control = generate_control(p["embedded"]["n_control"], p["resolution"], seed, options["n_captions"],
+                               options["complexity_weights"])
     planted = frame["planted_cluster"]
     metrics = _base_metrics("embedded", None, p["resolution"], p["on_error"], len(frame), Counter(),
                             time.perf_counter() - start)
@@ -179,18 +213,22 @@ def ingest_embedded(p: Mapping[str, Any], seed: int) -> IngestResult:
         "n_classes": int(frame["class_label"].nunique()),
         "n_captions_per_image": float(frame["captions"].map(len).mean()),
         "components": {"generator": "copying_study.data.embedded.generate_embedded"},
+        "control": {"source": "generated held-out scenes (ingest.embedded.n_control)", "n_images": len(control)},
     })
-    return IngestResult(frame, rejects_frame(), metrics)
+    return IngestResult(frame, rejects_frame(), metrics, control)
 
 
 def ingest_source(source: str, path: str, resolution: int, on_error: str = "skip",
-                  options: Mapping[str, Any] | None = None, chunk_rows: int = 256) -> IngestResult:
-    """Stream a real source into a chunked training table; see the module docstring."""
+                  options: Mapping[str, Any] | None = None, chunk_rows: int = 256, control_fraction: float = 0.0,
+                  seed: int = 0) -> IngestResult:
+    """Stream a real source into a chunked training table (and, with ``control_fraction`` > 0, a control table of
+    the items :func:`is_control` picks); see the module docstring."""
     if on_error not in ON_ERROR:
         raise ValueError(f"ingest.on_error '{on_error}' is unknown: allowed {', '.join(ON_ERROR)}")
     reader = open_reader(source, path, options)  # checks the source before any work
     start = time.perf_counter()
     table, table_path = ChunkedTable.temporary(batch_rows=chunk_rows)
+    control, control_path = ChunkedTable.temporary(prefix="copying_study_control_", batch_rows=chunk_rows)
     rejects: list[dict[str, str]] = []
     reasons: Counter[str] = Counter()
     modes: Counter[str] = Counter()
@@ -207,7 +245,8 @@ def ingest_source(source: str, path: str, resolution: int, on_error: str = "skip
         if len(rejects) <= LOGGED_REJECTS:
             logger.warning("ingest %s: skipped '%s': %s (%s)", source, item.file_name, item.reason, item.detail)
 
-    with ChunkedTableWriter(table_path, training_schema(False), chunk_rows) as writer:
+    with ChunkedTableWriter(table_path, training_schema(False), chunk_rows) as writer, \
+            ChunkedTableWriter(control_path, training_schema(False), chunk_rows) as control_writer:
         for item in progress(reader, desc=f"ingest {source}", total=reader.total, unit="img"):
             if isinstance(item, Reject):
                 reject(item)
@@ -225,7 +264,7 @@ def ingest_source(source: str, path: str, resolution: int, on_error: str = "skip
             if item.class_label is not None:
                 labels.add(item.class_label)
             n_uncaptioned += not item.captions
-            writer.append({
+            (control_writer if is_control(item.key, seed, control_fraction) else writer).append({
                 "image_id": make_image_id(source, item.key, sha),
                 "image": prepared.png,
                 "caption": item.captions[0] if item.captions else "",
@@ -238,6 +277,9 @@ def ingest_source(source: str, path: str, resolution: int, on_error: str = "skip
                 "height": prepared.height,
             })
     n_rows = writer.n_rows
+    if n_rows == 0 and control_writer.n_rows:
+        raise IngestError(f"ingest.source={source} at '{path}': every image went to the control set "
+                          f"(ingest.control.fraction={control_fraction:g}); nothing is left to train on")
     if n_rows == 0:
         raise IngestError(f"ingest.source={source} at '{path}' gave no images: all {len(rejects)} item(s) were "
                           f"rejected ({dict(reasons)}); see the WARNING lines above")
@@ -255,8 +297,10 @@ def ingest_source(source: str, path: str, resolution: int, on_error: str = "skip
         "n_classes": len(labels),
         "notes": dict(reader.notes),
         "components": {"reader": type(reader).__name__, "options": dict(options or {})},
+        "control": {"source": f"seeded hash of each item's key below ingest.control.fraction={control_fraction:g}",
+                    "n_images": int(control_writer.n_rows)},
     })
-    return IngestResult(table, rejects_frame(rejects), metrics)
+    return IngestResult(table, rejects_frame(rejects), metrics, control)
 
 
 def _base_metrics(source: str, path: str | None, resolution: int, on_error: str, n_rows: int,

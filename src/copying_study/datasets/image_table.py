@@ -90,6 +90,9 @@ class ImageTableDataset(AbstractVersionedDataset[Any, pd.DataFrame]):
                 if writer is None:
                     writer = pq.ParquetWriter(str(partial), table.schema, **self._save_args)
                 writer.write_table(table)
+            if writer is None and isinstance(getattr(data, "schema", None), pa.Schema):  # an empty chunked table
+                writer = pq.ParquetWriter(str(partial), data.schema, **self._save_args)
+                writer.write_table(data.schema.empty_table())
             if writer is None:
                 raise DatasetError(f"nothing to save to {path}: the data has no chunks")
             writer.close()

@@ -25,7 +25,7 @@ The defaults were chosen by measurement (``python -m copying_study.descriptors.c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,8 +102,11 @@ class HandcraftedDescriptor(Descriptor):
         batch_size: int = 256,
         device: str = "auto",
         half: bool | None = None,
+        whitening: Mapping[str, Any] | None = None,
+        workers: int | str = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, half=False)  # float32: cheap, and exact across devices
+        # float32: cheap, and exact across devices
+        super().__init__(batch_size=batch_size, device=device, half=False, whitening=whitening, workers=workers)
         scales = [int(s) for s in layout_scales]
         for key, cells in [("layout_scales", s) for s in scales] + [("hog_cells", hog_cells), ("hue_cells", hue_cells)]:
             if int(cells) < 1 or int(work_size) % int(cells):

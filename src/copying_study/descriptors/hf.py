@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,8 @@ def load_pretrained(cls: Any, folder: str | Path, config: Any = None, dtype: tor
 class HFImageDescriptor(Descriptor):
     """A Hugging Face image encoder (``family`` = ``clip`` or ``dino``)."""
 
+    prepares_with_transform = True
+
     def __init__(
         self,
         family: str,
@@ -136,10 +139,12 @@ class HFImageDescriptor(Descriptor):
         batch_size: int = 32,
         device: str = "auto",
         half: bool | None = None,
+        whitening: Mapping[str, Any] | None = None,
+        workers: int | str = "auto",
     ) -> None:
         if family not in FAMILY_DEFAULTS:
             raise ValueError(f"unknown image-encoder family '{family}': use {', '.join(FAMILY_DEFAULTS)}")
-        super().__init__(batch_size=batch_size, device=device, half=half)
+        super().__init__(batch_size=batch_size, device=device, half=half, whitening=whitening, workers=workers)
         self.name = family
         self.folder = resolve_model_dir(path, f"descriptor.path ({family} model)")
         self._weights = weights_record(self.folder)

@@ -82,15 +82,36 @@ class ImageTransform:
         resample_filter(resample)
         self.resize, self.mode, self.crop = int(resize), mode, (int(crop) if crop else None)
         self.mean, self.std, self.resample = tuple(map(float, mean)), tuple(map(float, std)), resample
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        return to_normalized_tensor(self.geometry(img), self.mean, self.std)
+
+    def geometry(self, img: Image.Image) -> Image.Image:
+        """The resize (and crop) alone."""
         if self.mode == "square":
             img = img.resize((self.resize, self.resize), resample=resample_filter(self.resample))
         else:
             img = resize_short_edge(img, self.resize, self.resample)
         if self.crop:
             img = center_crop(img, self.crop)
-        return to_normalized_tensor(img, self.mean, self.std)
+        return img
+
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        """The resized (and cropped) image as a uint8 CHW tensor: :meth:`normalise` of it (on any device) equals
+        ``self(img)`` bit for bit, with a quarter of the bytes to move."""
+        arr = np.asarray(self.geometry(img).convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., 3, H, W]`` -> float32 ``(x / 255 - mean) / std``, the same float32 operations in the same
+        order as :func:`to_normalized_tensor` (so the same values), on ``batch``'s device."""
+        if batch.device not in self._stats:  # made once per device: a copy to a GPU would wait for its queue
+            self._stats[batch.device] = tuple(
+                torch.tensor(v, dtype=torch.float32, device=batch.device)[:, None, None] for v in (self.mean, self.std)
+            )
+        mean, std = self._stats[batch.device]
+        return (batch.to(torch.float32) / 255.0 - mean) / std
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ which is a no-op for them. Scores: cosine; 0.75 ≈ 90 % precision on DISC2021 f
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ class SSCDDescriptor(Descriptor):
     """SSCD TorchScript model (``sscd_disc_mixup.torchscript.pt`` etc.)."""
 
     name = "sscd"
+    prepares_with_transform = True
+    #: the paper's copy threshold on SSCD's scale ("similarity > 0.5 ... likely to be copies", §3-4)
+    standard_copy_threshold = 0.5
 
     def __init__(
         self,
@@ -46,8 +50,10 @@ class SSCDDescriptor(Descriptor):
         batch_size: int = 32,
         device: str = "auto",
         half: bool | None = None,
+        whitening: Mapping[str, Any] | None = None,
+        workers: int | str = "auto",
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, half=half)
+        super().__init__(batch_size=batch_size, device=device, half=half, whitening=whitening, workers=workers)
         if resize_mode not in DEFAULT_SIZES:
             raise ValueError(f"descriptor.resize_mode '{resize_mode}' is not one of {', '.join(DEFAULT_SIZES)}")
         self.path = require_file(path, "descriptor.path (SSCD TorchScript file)")
@@ -62,6 +68,9 @@ class SSCDDescriptor(Descriptor):
             raise ValueError(f"descriptor.path '{self.path}' is not a TorchScript model: {exc}") from exc
         if self.half:
             self.model = self.model.half()
+        if self.device.type == "cuda":  # cuDNN's NHWC convolutions are the fast ones for a ResNet in half precision
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.channels_last = True
         probe = torch.zeros(1, 3, self.transform.resize, self.transform.resize, device=self.device)
         with torch.inference_mode():
             out = self.model(probe.half() if self.half else probe)

@@ -43,10 +43,11 @@ class ImageEncoder(Protocol):
 
 @dataclass(frozen=True)
 class GuardSettings:
-    """``enabled``; ``threshold`` on top-1 similarity; ``max_tries`` regenerations; ``mitigation`` for them."""
+    """``enabled``; ``threshold`` on top-1 similarity (``None``: the descriptor's calibrated copy threshold, to be
+    filled in before sampling); ``max_tries`` regenerations; ``mitigation`` for them."""
 
     enabled: bool = False
-    threshold: float = 0.5
+    threshold: float | None = 0.5
     max_tries: int = 3
     mitigation: str = "rt"
 
@@ -54,7 +55,7 @@ class GuardSettings:
         check_choice(self.mitigation, INFERENCE_MITIGATIONS, "copy_guard.mitigation")
         if self.max_tries < 1:
             raise ValueError(f"copy_guard.max_tries must be >= 1, got {self.max_tries}")
-        if not -1.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"copy_guard.threshold must be a cosine similarity in [-1, 1], got {self.threshold}")
 
 
@@ -121,6 +122,9 @@ def generate_guarded(
         raise ValueError("one original prompt is needed per request")
     if guard.enabled and index is None:
         raise ValueError("copy guard is enabled but no training descriptor index was given")
+    if guard.enabled and guard.threshold is None:
+        raise ValueError("copy_guard.threshold is 'calibrated' but no calibrated threshold was filled in: pass the "
+                         "descriptor_calibration's copy_threshold")
     retry = replace(strengths or MitigationSettings(), name=guard.mitigation)
     out: list[Generation] = []
     starts = range(0, len(requests), sampler.batch_size)

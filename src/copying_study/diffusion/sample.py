@@ -11,7 +11,10 @@ One sampler serves the tiny in-code models and Stable Diffusion alike: it drives
   seed: ``rt/cwr/rna/rc`` rewrite the prompt (``copying_study.data.captions.perturb_caption``), ``gn`` adds
   ``lambda * N(0, I)`` to the *conditional* text embedding (and to the unconditional one only when ``gn_uncond``
   is set, as the paper's code did).
-* On CUDA the models run in bf16 (or fp16) with PyTorch's scaled-dot-product attention.
+* On CUDA the models run in bf16 (or fp16) with PyTorch's scaled-dot-product attention, and the UNet call, whose
+  shape every padded batch shares, is captured once in a CUDA graph and replayed at every step (``cuda_graph``):
+  the same kernels without the Python and launch overhead of some thousand small kernels per call. A capture that
+  fails falls back to plain calls, and the record says so.
 """
 
 from __future__ import annotations
@@ -228,6 +231,7 @@ class Sampler:
         batch_size: int = 8,
         eta: float = 0.0,
         dtype: str = "auto",
+        cuda_graph: bool | str = "auto",
     ) -> None:
         for part in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):
             if getattr(pipe, part, None) is None:
@@ -250,8 +254,17 @@ class Sampler:
         self.resolution = int(resolution or pipe.unet.config.sample_size * self.scale)
         if self.resolution % self.scale:
             raise ValueError(f"resolution {self.resolution} is not a multiple of the VAE factor {self.scale}")
-        # a VAE that asks for it (SD's, whose fp16 decode overflows) decodes in float32, as diffusers does
-        self.vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else self.dtype
+        # a VAE that asks for it (SD's, whose fp16 decode overflows) decodes in float32 when the model runs in
+        # float16, as diffusers does; bfloat16 has float32's range and decodes as it is
+        upcast = self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False)
+        self.vae_dtype = torch.float32 if upcast else self.dtype
+        if cuda_graph not in ("auto", True, False):
+            raise ValueError(f"cuda_graph must be auto, true or false, got {cuda_graph!r}")
+        self.cuda_graph = device.type == "cuda" if cuda_graph == "auto" else bool(cuda_graph)
+        if self.cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=true needs a CUDA device (this sampler runs on {device})")
+        self.graph_status = "on" if self.cuda_graph else "off"
+        self._graph: GraphedUNet | None = None
         for module, dtype_ in ((pipe.text_encoder, self.dtype), (pipe.unet, self.dtype), (pipe.vae, self.vae_dtype)):
             module.to(device) if module.dtype == dtype_ else module.to(device=device, dtype=dtype_)
             module.eval()
@@ -278,6 +291,7 @@ class Sampler:
             "vae_dtype": str(self.vae_dtype).replace("torch.", ""),
             "device": describe_device(self.device),
             "attention": ",".join(attn),
+            "cuda_graph": self.graph_status,
         }
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -349,7 +363,7 @@ class Sampler:
         for t in scheduler.timesteps:
             model_in = torch.cat([latents, latents]) if self.cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
-            out = self.pipe.unet(model_in, t, encoder_hidden_states=hidden, return_dict=False)[0]
+            out = self._unet(model_in, t, hidden)
             if self.cfg:
                 uncond, cond = out.chunk(2)
                 out = uncond + self.guidance * (cond - uncond)
@@ -363,6 +377,20 @@ class Sampler:
         decoded = self.pipe.vae.decode(latents, return_dict=False)[0]
         return to_pil(decoded[:n_real])
 
+    def _unet(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """One UNet call: replayed from the CUDA graph when it is on (captured at the first call), else plain."""
+        if self.cuda_graph and self._graph is None:
+            try:
+                self._graph = GraphedUNet(self.pipe.unet, sample, t, hidden)
+            except Exception as exc:  # capture is refused by some ops/drivers: run plainly, and record why
+                logger.warning("CUDA-graph capture of the UNet failed (%s: %s); running it without", type(exc).__name__,
+                               exc)
+                self.cuda_graph = False
+                self.graph_status = f"failed, plain calls ({type(exc).__name__}: {exc})"[:300]
+        if self._graph is not None:
+            return self._graph(sample, t, hidden)
+        return self.pipe.unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
+
     def generate(self, requests: Sequence[ImageRequest], desc: str = "generate") -> list[Image.Image]:
         """Images for all ``requests``, in order, ``batch_size`` at a time."""
         out: list[Image.Image] = []
@@ -370,6 +398,43 @@ class Sampler:
         for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
             out.extend(self.generate_batch(requests[start:start + self.batch_size]))
         return out
+
+
+class GraphedUNet:
+    """A UNet's forward pass for one fixed input shape, captured in a CUDA graph and replayed.
+
+    The inputs are copied into static tensors, the graph replays the captured kernels, and a copy of the static
+    output is returned (the next replay overwrites it). The timestep must be a tensor on
+    the device (the scheduler's ``timesteps`` are), so that each step's value is read by the graph, not baked in.
+    """
+
+    def __init__(self, unet: Any, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, warmup: int = 2):
+        if not torch.is_tensor(t) or t.device != sample.device:
+            raise ValueError("a CUDA-graph UNet needs the timestep as a tensor on the sample's device")
+        self.unet = unet
+        self.sample, self.t, self.hidden = sample.clone(), t.clone(), hidden.clone()
+        side = torch.cuda.Stream(sample.device)
+        side.wait_stream(torch.cuda.current_stream(sample.device))
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+            for _ in range(warmup):
+                self._forward()
+        torch.cuda.current_stream(sample.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._forward()
+
+    def _forward(self) -> torch.Tensor:
+        return self.unet(self.sample, self.t, encoder_hidden_states=self.hidden, return_dict=False)[0]
+
+    def __call__(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if sample.shape != self.sample.shape or hidden.shape != self.hidden.shape:
+            raise ValueError(f"the CUDA graph was captured for {tuple(self.sample.shape)} / "
+                             f"{tuple(self.hidden.shape)}, not {tuple(sample.shape)} / {tuple(hidden.shape)}")
+        self.sample.copy_(sample)
+        self.t.copy_(t)
+        self.hidden.copy_(hidden)
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites self.out; a scheduler may keep what it was given
 
 
 def settings_record(settings: MitigationSettings) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 ``flat`` is exact (``IndexFlatIP``); ``ivf`` (``IndexIVFFlat``, k-means coarse quantiser trained on a seeded sample)
 and ``hnsw`` (``IndexHNSWFlat``) are approximate but return exact inner products for the candidates they visit.
 On a machine with faiss-gpu and a GPU, ``flat`` and ``ivf`` indexes are moved to the GPU (``use_gpu="auto"``).
+Descriptors whose meta says ``metric: hamming`` (PDQ), or ``metric="hamming"``, get faiss's binary indexes instead
+(``copying_study.search.binary``, which adds the ``hash`` kind) with the same interface and similarity scale.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from copying_study.utils.seeding import derive_seed, numpy_rng
 
 logger = logging.getLogger(__name__)
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "hash")  # hash: binary (Hamming) descriptors only
+METRICS = ("ip", "hamming")
+
+
+def metric_of(meta: Mapping[str, Any] | None, metric: str | None = None) -> str:
+    """The search metric: ``metric`` when given, else the descriptor meta's ``metric`` (PDQ: ``hamming``), else
+    ``ip`` (inner product); ``ValueError`` for another value."""
+    chosen = metric or (meta or {}).get("metric") or "ip"
+    if chosen not in METRICS:
+        raise ValueError(f"unknown search metric '{chosen}': choose one of {', '.join(METRICS)}")
+    return chosen
 
 
 def as_descriptors(x: Any, what: str = "descriptors", dim: int | None = None) -> np.ndarray:
@@ -87,15 +99,28 @@ def build_index(
     train_size: int | None = None,
     seed: int = 0,
     use_gpu: str | bool = "auto",
+    metric: str | None = None,
+    hash_radius: int = 31,
 ) -> SearchIndex:
     """An inner-product faiss index over ``base`` [N, d] float32.
 
     ``kind``: ``flat`` (exact), ``ivf`` (``nlist`` lists, default ≈ 4·√N; ``nprobe`` lists searched; trained on
     ``train_size`` rows sampled with ``seed``, default min(N, 64·nlist)) or ``hnsw`` (``hnsw_m`` links,
-    ``ef_search``). ``meta`` is the descriptor meta, checked against queries later.
+    ``ef_search``). ``meta`` is the descriptor meta, checked against queries later. When ``metric`` or the meta's
+    ``metric`` is ``hamming`` (PDQ), a faiss binary index is built instead (``search.binary.build_binary_index``;
+    ``hash_radius`` is for its ``hash`` kind).
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown search index '{kind}': choose one of {', '.join(INDEX_KINDS)}")
+    if metric_of(meta, metric) == "hamming":
+        from copying_study.search.binary import build_binary_index
+
+        return build_binary_index(base, kind, meta=meta, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                                  ef_search=ef_search, ef_construction=ef_construction, train_size=train_size,
+                                  seed=seed, hash_radius=hash_radius, use_gpu=use_gpu)
+    if kind == "hash":
+        raise ValueError("search index 'hash' is for binary (Hamming) descriptors such as pdq; choose flat, ivf or "
+                         "hnsw for this descriptor")
     x = as_descriptors(base, "index base descriptors")
     if meta is not None and meta.get("dim") not in (None, x.shape[1]):
         raise ValueError(f"descriptor meta says dim {meta.get('dim')} but the base descriptors are {x.shape[1]}-d")

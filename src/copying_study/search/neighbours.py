@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from copying_study.search.index import SearchIndex, as_descriptors, build_index
+from copying_study.search.binary import BinarySearchIndex, hamming_radius
+from copying_study.search.index import SearchIndex, as_descriptors, build_index, gpu_available, metric_of
 from copying_study.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def knn(
     keyword arguments go to ``build_index``) or a ``SearchIndex``. ``exclude_self=True`` means the queries ARE the
     base rows in the same order: each row's own index is removed by position (not by score, so exact duplicates
     elsewhere still count). Missing neighbours (k > N) are ``-1`` with score ``-inf``. With both metas given (or the
-    index's meta), a different descriptor raises ``ValueError``.
+    index's meta), a different descriptor raises ``ValueError``. A meta with ``metric: hamming`` (PDQ; the base's,
+    else the queries') or ``metric="hamming"`` searches a faiss binary index: same shapes and similarity scale,
+    neighbours ordered by (distance, row id).
     """
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -54,6 +57,7 @@ def knn(
         from copying_study.descriptors import check_same_descriptor
 
         check_same_descriptor(queries_meta, base_meta, "queries", "base")
+    index_kwargs["metric"] = metric_of(base_meta or queries_meta, index_kwargs.get("metric"))
     index = _index_for(base, exact, base_meta, dict(index_kwargs))
     q = index.check_queries(queries, queries_meta)
     if exclude_self and q.shape[0] != index.ntotal:
@@ -95,24 +99,46 @@ def threshold_pairs(
     max_neighbors: int = 2048,
     chunk_size: int = 8192,
     meta: Mapping[str, Any] | None = None,
+    backend: str = "faiss",
     **index_kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i < j`` with ``x[i]·x[j] >= threshold``: arrays ``i``, ``j`` (int64) and ``s`` (float32).
 
-    A self-join in chunks of ``chunk_size`` queries: each chunk asks for ``k_start`` neighbours, and the rows whose
-    last neighbour is still above the threshold ask again with 4× more, up to ``max_neighbors``. Memory is
-    O(chunk_size·k + pairs), never N×N. A row with more than ``max_neighbors`` matches keeps its top ones (a
-    WARNING says how many rows; connectivity inside such a dense cluster is kept by the other members' edges).
-    ``index`` (built on ``x``) or ``index_kwargs`` (for ``build_index``: ``kind="flat"|"ivf"|"hnsw"``, ...) choose
-    the search; approximate indexes may miss pairs but never report a wrong score.
+    ``backend="faiss"``: a self-join in chunks of ``chunk_size`` queries: each chunk asks for ``k_start``
+    neighbours, and the rows whose last neighbour is still above the threshold ask again with 4× more, up to
+    ``max_neighbors``. Memory is O(chunk_size·k + pairs), never N×N. ``index`` (built on ``x``) or
+    ``index_kwargs`` (for ``build_index``: ``kind="flat"|"ivf"|"hnsw"``, ``use_gpu``, ...) choose the search;
+    approximate indexes may miss pairs but never report a wrong score.
+
+    ``backend="torch"``: the same exact pairs from float16 tensor-core tiles rescored in float32
+    (:mod:`copying_study.search.torch_join`), on CUDA when torch sees it: for GPUs whose faiss build has no GPU
+    support. ``backend="auto"``: faiss on the GPU if it can, else torch on CUDA if present, else faiss on the CPU.
+
+    Either way a row with more than ``max_neighbors`` matches keeps its top ones (a WARNING says how many rows;
+    connectivity inside such a dense cluster is kept by the other members' edges).
+    With ``meta`` saying ``metric: hamming`` (PDQ) or ``metric="hamming"`` the faiss search runs on a binary index
+    (``hash`` kind: built exact at this threshold's Hamming radius); pairs and scores are the same as the inner
+    products would give.
     """
     t = check_threshold(threshold)
     xs = as_descriptors(x, "descriptors")
     n = xs.shape[0]
+    if choose_backend(backend, index, index_kwargs) == "torch":
+        from copying_study.search.torch_join import torch_threshold_pairs
+
+        if int(max_neighbors) < 1:
+            raise ValueError(f"need max_neighbors >= 1, got {max_neighbors}")
+        i, j, s, truncated = torch_threshold_pairs(xs, t, max_neighbors=int(max_neighbors))
+        _warn_truncated(truncated, min(int(max_neighbors), n), t)
+        return _unique_pairs(i, j, s, n)
     if index is None:
+        if metric_of(meta, index_kwargs.get("metric")) == "hamming" and index_kwargs.get("kind") == "hash":
+            index_kwargs.setdefault("hash_radius", max(0, hamming_radius(t)))
         index = build_index(xs, meta=meta, **index_kwargs)
     elif index.ntotal != n or index.dim != xs.shape[1]:
         raise ValueError(f"the index holds {index.ntotal}x{index.dim} descriptors but x is {n}x{xs.shape[1]}")
+    if isinstance(index, BinarySearchIndex):
+        index.check_radius(t)
     if int(k_start) < 1 or int(max_neighbors) < int(k_start):
         raise ValueError(f"need 1 <= k_start <= max_neighbors, got {k_start} and {max_neighbors}")
     cap = min(int(max_neighbors), n)
@@ -136,12 +162,44 @@ def threshold_pairs(
                 break
             rows = rows[full]
             k = min(4 * k, cap + 1, n)
-    if truncated:
-        logger.warning("threshold graph: %d row(s) have more than max_neighbors=%d matches above %.3f; kept the "
-                       "top %d of each", truncated, cap, t, cap)
+    _warn_truncated(truncated, cap, t)
     i = np.concatenate(found_i) if found_i else np.empty(0, np.int64)
     j = np.concatenate(found_j) if found_j else np.empty(0, np.int64)
     s = np.concatenate(found_s) if found_s else np.empty(0, np.float32)
+    return _unique_pairs(i, j, s, n)
+
+
+BACKENDS = ("faiss", "torch", "auto")
+
+
+def choose_backend(backend: str, index: SearchIndex | None, index_kwargs: Mapping[str, Any]) -> str:
+    """``faiss`` or ``torch`` for :func:`threshold_pairs` (see there); ``ValueError`` for a combination that cannot
+    run (torch is exact: it takes no prebuilt index and no approximate index kind)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown self-join backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    exact = index_kwargs.get("kind", "flat") == "flat" and index is None
+    if backend == "torch" and not exact:
+        raise ValueError("the torch self-join backend is exact: it takes neither a prebuilt index nor "
+                         f"kind={index_kwargs.get('kind')!r} (use backend faiss for approximate search)")
+    if backend == "auto":
+        import torch
+
+        use_gpu = index_kwargs.get("use_gpu", "auto")
+        backend = "torch" if (exact and use_gpu is not False and not gpu_available()
+                              and torch.cuda.is_available()) else "faiss"
+        logger.info("threshold graph: backend auto -> %s%s", backend,
+                    " (faiss has no GPU support here; torch sees CUDA)" if backend == "torch" else "")
+    return backend
+
+
+def _warn_truncated(truncated: int, cap: int, t: float) -> None:
+    if truncated:
+        logger.warning("threshold graph: %d row(s) have more than max_neighbors=%d matches above %.3f; kept the "
+                       "top %d of each", truncated, cap, t, cap)
+
+
+def _unique_pairs(i: np.ndarray, j: np.ndarray, s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs as ``i < j``, self pairs dropped, each once, sorted by ``(i, j)``."""
     keep = i != j
     i, j, s = i[keep], j[keep], s[keep]
     lo, hi = np.minimum(i, j), np.maximum(i, j)

@@ -46,7 +46,8 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
         "image_size": number("image_size", int, 8, 4096),
         "resample": params["resample"],
         "jpeg_quality": number("jpeg_quality", int, 1, 100),
-        "threshold": number("threshold", float, -1.0, 1.0),
+        # "calibrated": the descriptor's copy threshold (descriptor_calibration), filled in by correlate_complexity
+        "threshold": "calibrated" if params["threshold"] == "calibrated" else number("threshold", float, -1.0, 1.0),
         "n_boot": number("n_boot", int, 100, 1_000_000),
         "confidence": number("confidence", float, 0.0, 1.0, open_ends=True),
     }
@@ -66,13 +67,18 @@ def score_complexity(
 
 
 def correlate_complexity(
-    complexity_scores: pd.DataFrame, params: dict[str, Any], seed: int
+    complexity_scores: pd.DataFrame, descriptor_calibration: dict[str, Any], params: dict[str, Any], seed: int
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """``complexity_correlations`` (the full report, with the measures' settings) and ``complexity_metrics``."""
+    """``complexity_correlations`` (the full report, with the measures' settings) and ``complexity_metrics``.
+    ``complexity.threshold: calibrated`` splits "high similarity" at the descriptor's copy threshold."""
     p = validate_params(params)
+    threshold = (float(descriptor_calibration["copy_threshold"]) if p["threshold"] == "calibrated"
+                 else float(p["threshold"]))
     report = correlate_with_similarity(
-        complexity_scores, threshold=p["threshold"], n_boot=p["n_boot"], confidence=p["confidence"], seed=seed
+        complexity_scores, threshold=threshold, n_boot=p["n_boot"], confidence=p["confidence"], seed=seed
     )
+    report["threshold_source"] = ("descriptor_calibration (the copy threshold)" if p["threshold"] == "calibrated"
+                                  else "complexity.threshold")
     report["settings"] = measure_settings(p["image_size"], p["resample"], p["jpeg_quality"])
     for message in report["messages"]:
         logger.warning("complexity: %s", message)

@@ -22,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 correlate_complexity,
-                inputs=["complexity_scores", "params:complexity", "params:seed"],
+                inputs=["complexity_scores", "descriptor_calibration", "params:complexity", "params:seed"],
                 outputs=["complexity_correlations", "complexity_metrics"],
                 name="correlate_complexity",
             ),

@@ -19,6 +19,7 @@ import pandas as pd
 from copying_study.data.captions import alternatives
 from copying_study.metrics.caption_similarity import caption_similarity, load_text_encoder
 from copying_study.search import (
+    BACKENDS,
     INDEX_KINDS,
     check_threshold,
     cluster_sizes,
@@ -30,15 +31,16 @@ from copying_study.utils.seeding import numpy_rng, python_rng
 MITIGATIONS = ("none", "collapse", "resample_captions")
 DEFAULTS: dict[str, Any] = {
     "descriptor": {"name": "default"},
-    "threshold": 0.9,
+    "threshold": 0.75,
     "search": {"index": "flat", "nlist": None, "nprobe": 16, "k_start": 32, "max_neighbors": 2048,
-               "chunk_size": 8192},
+               "chunk_size": 8192, "backend": "faiss"},
     "min_cluster_size": 3,
     "caption_model": None,
     "max_caption_pairs": 1000,
     "n_example_ids": 5,
     "mitigation": "none",
     "gallery": {"n_clusters": 8, "n_images": 8},
+    "calibration": {"n_per_family": 200, "families": ["embedded", "photos", "synthetic"]},
 }
 
 
@@ -66,12 +68,24 @@ def validate_params(dedup: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"dedup.mitigation '{params['mitigation']}' is not one of {', '.join(MITIGATIONS)}")
     if params["search"]["index"] not in INDEX_KINDS:
         raise ValueError(f"dedup.search.index '{params['search']['index']}' is not one of {', '.join(INDEX_KINDS)}")
+    if params["search"]["backend"] not in BACKENDS:
+        raise ValueError(f"dedup.search.backend '{params['search']['backend']}' is not one of {', '.join(BACKENDS)}")
     for key in ("min_cluster_size", "max_caption_pairs", "n_example_ids"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise ValueError(f"dedup.{key} must be an integer >= 1, got {params[key]!r}")
     for key in ("n_clusters", "n_images"):
         if not isinstance(params["gallery"][key], int) or params["gallery"][key] < 1:
             raise ValueError(f"dedup.gallery.{key} must be an integer >= 1, got {params['gallery'][key]!r}")
+    cal = params["calibration"]
+    if isinstance(cal["n_per_family"], bool) or not isinstance(cal["n_per_family"], int) or cal["n_per_family"] < 20:
+        raise ValueError(f"dedup.calibration.n_per_family must be an integer >= 20 (the estimates need pairs), "
+                         f"got {cal['n_per_family']!r}")
+    from copying_study.descriptors.reference import FAMILIES
+
+    families = cal["families"]
+    if not isinstance(families, (list, tuple)) or not families or any(f not in FAMILIES for f in families):
+        raise ValueError(f"dedup.calibration.families must be a non-empty list of {', '.join(FAMILIES)}; "
+                         f"got {families!r}")
     return params
 
 
@@ -88,16 +102,18 @@ def check_table(table: pd.DataFrame, columns: tuple[str, ...], what: str = "trai
 
 
 def find_clusters(
-    embeddings: np.ndarray, image_ids: list[str], params: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+    embeddings: np.ndarray, image_ids: list[str], params: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+    row_info: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The threshold graph of ``embeddings`` at ``params['threshold']`` and its connected components, one row per
     image in input order: ``image_id``, ``cluster_id`` (0 = largest cluster; every singleton its own id),
     ``cluster_size``, ``n_neighbors`` (graph degree), ``max_similarity`` (best edge, NaN for singletons),
-    ``reportable`` (size >= min_cluster_size)."""
+    ``reportable`` (size >= min_cluster_size), and ``descriptor_<name>`` for each per-row array in ``row_info``
+    (PDQ: ``descriptor_quality``, ``descriptor_low_quality``)."""
     search = params["search"]
     i, j, s = threshold_pairs(
         embeddings, params["threshold"], kind=search["index"], meta=meta, k_start=search["k_start"],
-        max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"],
+        max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"], backend=search["backend"],
         **({"nlist": search["nlist"], "nprobe": search["nprobe"]} if search["index"] == "ivf" else {}),
     )
     n = len(image_ids)
@@ -107,6 +123,10 @@ def find_clusters(
     best = np.full(n, -np.inf)
     np.maximum.at(best, i, s)
     np.maximum.at(best, j, s)
+    extra = {f"descriptor_{key}": np.asarray(value) for key, value in dict(row_info or {}).items()}
+    for key, value in extra.items():
+        if value.shape != (n,):
+            raise ValueError(f"train_descriptors row_info '{key}' has shape {value.shape}; expected ({n},)")
     return pd.DataFrame({
         "image_id": [str(x) for x in image_ids],
         "cluster_id": labels,
@@ -114,6 +134,7 @@ def find_clusters(
         "n_neighbors": degree.astype(np.int64),
         "max_similarity": np.where(np.isfinite(best), best, np.nan).astype(np.float64),
         "reportable": sizes >= int(params["min_cluster_size"]),
+        **extra,
     })
 
 

@@ -23,10 +23,29 @@ def compute_train_descriptors(training_set: pd.DataFrame, params: Mapping[str, A
     p = dedup.validate_params(params)
     dedup.check_table(training_set, ("image_id", "image"))
     descriptor = load_descriptor(p["descriptor"], device=device)
-    embeddings = descriptor.encode(EncodedImages(training_set["image"].tolist()), desc="training descriptors")
+    embeddings, row_info = descriptor.encode_rows(EncodedImages(training_set["image"].tolist()),
+                                                  desc="training descriptors")
     meta = descriptor.meta()
     logger.info("train_descriptors: %d x %d (%s)", *embeddings.shape, meta["name"])
-    return {"embeddings": embeddings, "image_ids": training_set["image_id"].astype(str).tolist(), "meta": meta}
+    out = {"embeddings": embeddings, "image_ids": training_set["image_id"].astype(str).tolist(), "meta": meta}
+    return {**out, "row_info": row_info} if row_info else out
+
+
+def calibrate_descriptor(params: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """``descriptor_calibration``: the descriptor's copy threshold and its false-positive rate and recall on each
+    reference family (``copying_study.descriptors.calibration``); every later stage reads its copy threshold here."""
+    from copying_study.descriptors.calibration import calibrate, format_table
+
+    p = dedup.validate_params(params)
+    descriptor = load_descriptor(p["descriptor"], device=device)
+    record = calibrate(descriptor, p["calibration"]["families"], p["calibration"]["n_per_family"])
+    logger.info("descriptor calibration:\n%s", format_table(record))
+    if not record["meets_targets"]:
+        failed = [f for f, r in record["families"].items() if not r["meets_targets"]]
+        logger.warning("descriptor '%s' does not meet the calibration targets on %s at its copy threshold %.3f: "
+                       "copy rates on its scale are not trustworthy there", descriptor.name, failed,
+                       record["copy_threshold"])
+    return record
 
 
 def find_duplicate_clusters(train_descriptors: Mapping[str, Any], training_set: pd.DataFrame,
@@ -39,7 +58,8 @@ def find_duplicate_clusters(train_descriptors: Mapping[str, Any], training_set: 
         raise ValueError("train_descriptors rows do not match training_set (other images or another order): "
                          "recompute the descriptors for this training_set version")
     meta = train_descriptors["meta"]
-    clusters = dedup.find_clusters(np.asarray(train_descriptors["embeddings"]), ids, p, meta)
+    clusters = dedup.find_clusters(np.asarray(train_descriptors["embeddings"]), ids, p, meta,
+                                   train_descriptors.get("row_info"))
     clusters["descriptor"] = meta["name"]
     clusters["threshold"] = p["threshold"]
     n_multi = int((clusters.drop_duplicates("cluster_id")["cluster_size"] >= 2).sum())
@@ -115,6 +135,10 @@ def dedup_metrics(duplicate_clusters: pd.DataFrame, cluster_summary: pd.DataFram
         "caption_similarity_method": (cluster_summary["caption_similarity_method"].iloc[0]
                                       if len(cluster_summary) else None),
     }
+    if "descriptor_low_quality" in duplicate_clusters.columns:  # PDQ: hashes below min_quality, kept and marked
+        low = duplicate_clusters["descriptor_low_quality"].astype(bool)
+        metrics["low_quality_images"] = int(low.sum())
+        metrics["low_quality_images_in_clusters"] = int((low & in_clusters).sum())
     if "original_caption" in finetune_set.columns:
         metrics["captions_resampled"] = int((finetune_set["caption"] != finetune_set["original_caption"]).sum())
     if "planted_cluster" in training_set.columns:

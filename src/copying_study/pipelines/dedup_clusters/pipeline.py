@@ -1,5 +1,5 @@
 """``dedup_clusters``: ``training_set`` → ``train_descriptors``, ``duplicate_clusters``, ``cluster_summary``,
-``finetune_set``, two plots and ``dedup_metrics``. Parameters: ``params:dedup``, ``params:seed``, ``params:device``."""
+``finetune_set``, ``descriptor_calibration``, two plots and ``dedup_metrics``. Parameters: ``params:dedup``, ``params:seed``, ``params:device``."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,6 +11,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(nodes.compute_train_descriptors, ["training_set", "params:dedup", "params:device"],
                  "train_descriptors", name="dedup_descriptors"),
+            Node(nodes.calibrate_descriptor, ["params:dedup", "params:device"], "descriptor_calibration",
+                 name="dedup_calibrate_descriptor"),
             Node(nodes.find_duplicate_clusters, ["train_descriptors", "training_set", "params:dedup"],
                  "duplicate_clusters", name="dedup_find_clusters"),
             Node(nodes.summarise_clusters,

@@ -14,19 +14,26 @@ from copying_study.pipelines.evaluate import nodes
 
 
 def scoring_pipeline() -> Pipeline:
-    """Everything after the input: descriptors, matches, background, per-prompt scores, FID, CLIPScore, summary and
-    figures. Inputs: ``evaluate_generations``, ``evaluate_finetune_info``, ``training_set``, ``train_descriptors``."""
+    """Everything after the input: copy scale, descriptors, matches, background, controls, per-prompt scores, FID,
+    CLIPScore, summary and figures. Inputs: ``evaluate_generations``, ``evaluate_finetune_info``, ``training_set``,
+    ``control_set``, ``train_descriptors``, ``descriptor_calibration``, ``duplicate_clusters``."""
     return Pipeline(
         [
+            Node(nodes.copy_scale, ["descriptor_calibration", "train_descriptors", "params:evaluate"],
+                 "evaluate_copy_scale", name="evaluate_copy_scale"),
             Node(nodes.describe_generations,
                  ["evaluate_generations", "train_descriptors", "params:evaluate", "params:device"],
                  "generation_descriptors", name="describe_generations"),
             Node(nodes.match_generations,
                  ["evaluate_generations", "generation_descriptors", "train_descriptors", "evaluate_finetune_info",
-                  "params:evaluate"],
+                  "evaluate_copy_scale", "params:evaluate"],
                  "replication_scores", name="match_generations"),
-            Node(nodes.background_similarity, "train_descriptors", "replication_background",
-                 name="background_similarity"),
+            Node(nodes.background_similarity, ["train_descriptors", "training_set", "duplicate_clusters"],
+                 "replication_background", name="background_similarity"),
+            Node(nodes.score_controls,
+                 ["control_set", "training_set", "train_descriptors", "duplicate_clusters", "evaluate_copy_scale",
+                  "params:evaluate", "params:seed", "params:device"],
+                 "replication_controls", name="score_controls"),
             Node(nodes.prompt_scores, ["replication_scores", "params:evaluate"], "replication_per_prompt",
                  name="prompt_scores"),
             Node(nodes.compute_fid,
@@ -35,12 +42,16 @@ def scoring_pipeline() -> Pipeline:
                  "evaluate_fid", name="compute_fid"),
             Node(nodes.compute_clipscore, ["evaluate_generations", "params:evaluate", "params:device"],
                  "evaluate_clipscore", name="compute_clipscore"),
+            Node(nodes.pdq_cross_check, ["replication_scores", "evaluate_generations", "training_set",
+                                         "params:evaluate"], "evaluate_pdq", name="pdq_cross_check"),
             Node(nodes.summarise,
-                 ["replication_scores", "replication_background", "replication_per_prompt", "evaluate_fid",
-                  "evaluate_clipscore", "evaluate_finetune_info", "training_set", "train_descriptors",
-                  "params:evaluate", "params:seed"],
+                 ["replication_scores", "replication_background", "replication_per_prompt", "replication_controls",
+                  "evaluate_copy_scale", "evaluate_fid", "evaluate_clipscore", "evaluate_finetune_info",
+                  "training_set", "train_descriptors", "params:evaluate", "params:seed", "evaluate_pdq"],
                  ["replication_summary", "evaluate_metrics"], name="summarise_replication"),
-            Node(nodes.plot_histogram, ["replication_scores", "replication_background", "params:evaluate"],
+            Node(nodes.plot_histogram,
+                 ["replication_scores", "replication_background", "replication_controls", "evaluate_copy_scale",
+                  "params:evaluate"],
                  "replication_histogram", name="plot_replication_histogram"),
             Node(nodes.plot_gallery,
                  ["replication_scores", "evaluate_generations", "training_set", "params:evaluate"],

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -86,9 +86,11 @@ def validate_params(params: Any) -> dict[str, Any]:
         gn_lambda=_float(s, "gn_lambda", "generate.strengths", 0.0),
         gn_uncond=bool(s["gn_uncond"]),
     )
+    calibrated = g["threshold"] == "calibrated"
     guard = GuardSettings(
         enabled=bool(g["enabled"]),
-        threshold=_float(g, "threshold", "generate.copy_guard", -1.0, 1.0),
+        # "calibrated": the descriptor's copy threshold from descriptor_calibration, filled in by generate_images
+        threshold=None if calibrated else _float(g, "threshold", "generate.copy_guard", -1.0, 1.0),
         max_tries=_int(g, "max_tries", "generate.copy_guard", 1),
         mitigation=_choice(g["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.copy_guard.mitigation"),
     )
@@ -114,6 +116,7 @@ def validate_params(params: Any) -> dict[str, Any]:
         "grid_size": _int(p, "grid_size", "generate", 1, 400),
         "strengths": strengths,
         "copy_guard": guard,
+        "guard_threshold_source": "descriptor_calibration" if calibrated else "generate.copy_guard.threshold",
         "guard_descriptor": dict(g["descriptor"] or {}),
     }
 
@@ -178,12 +181,18 @@ def generate_images(
     finetuned_model: Any,
     training_record: dict[str, Any],
     train_descriptors: dict[str, Any],
+    descriptor_calibration: dict[str, Any],
     params: dict[str, Any],
     seed: int,
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, Any]]:
     """``generations`` (one row per image, PNG bytes), ``generate_metrics`` and ``generate_record``."""
     p = validate_params(params)
+    if p["copy_guard"].enabled and p["guard_threshold_source"] == "descriptor_calibration":
+        from copying_study.descriptors.calibration import check_calibration
+
+        cal = check_calibration(descriptor_calibration, train_descriptors["meta"])
+        p["copy_guard"] = replace(p["copy_guard"], threshold=float(cal["copy_threshold"]))
     plan, vocab, fallbacks = plan_generations(training_record, p, seed)
     dev = pick_device(device)
     pipe, model_source = _model(finetuned_model, p, dev, resolve_dtype(p["dtype"], dev))
@@ -245,7 +254,8 @@ def generate_images(
         "prompts": {"source": p["prompts"], "file": p["prompts_file"], "n_images": p["n_images"],
                     "images_per_prompt": p["images_per_prompt"]},
         "mitigation": asdict(p["strengths"]),
-        "copy_guard": {**asdict(guard), "descriptor": descriptor_meta},
+        "copy_guard": {**asdict(guard), "threshold_source": p["guard_threshold_source"],
+                       "descriptor": descriptor_meta},
         "fallbacks": fallbacks,
     }
     logger.info("generate: %d images in %.1f s (%.2f images/s)", len(table), seconds, metrics["images_per_second"])
@@ -253,7 +263,8 @@ def generate_images(
 
 
 def generate_images_from_model(
-    train_descriptors: dict[str, Any], params: dict[str, Any], seed: int, device: str
+    train_descriptors: dict[str, Any], descriptor_calibration: dict[str, Any], params: dict[str, Any], seed: int,
+    device: str
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, Any]]:
     """The ``generate_from_model`` pipeline: sample from the model named by ``generate.model`` (no finetuning run,
     so no training record: prompts must be ``file`` or ``class``)."""
@@ -263,7 +274,7 @@ def generate_images_from_model(
     if p["prompts"] == "training":
         raise ValueError("generate.prompts 'training' needs a finetuning record: use the generate pipeline, or "
                          "prompts 'file' or 'class' with generate_from_model")
-    return generate_images(None, None, train_descriptors, params, seed, device)
+    return generate_images(None, None, train_descriptors, descriptor_calibration, params, seed, device)
 
 
 def plot_generations_grid(generations: pd.DataFrame, params: dict[str, Any]) -> Figure:

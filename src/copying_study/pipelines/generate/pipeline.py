@@ -27,8 +27,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 generate_images,
-                inputs=["finetuned_model", "training_record", "train_descriptors", "params:generate", "params:seed",
-                        "params:device"],
+                inputs=["finetuned_model", "training_record", "train_descriptors", "descriptor_calibration",
+                        "params:generate", "params:seed", "params:device"],
                 outputs=OUTPUTS,
                 name="generate_images",
             ),
@@ -43,7 +43,8 @@ def create_model_pipeline() -> Pipeline:
         [
             Node(
                 generate_images_from_model,
-                inputs=["train_descriptors", "params:generate", "params:seed", "params:device"],
+                inputs=["train_descriptors", "descriptor_calibration", "params:generate", "params:seed",
+                        "params:device"],
                 outputs=OUTPUTS,
                 name="generate_images_from_model",
             ),

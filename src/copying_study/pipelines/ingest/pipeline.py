@@ -1,4 +1,5 @@
-"""``ingest``: ``params:ingest`` + ``params:seed`` → ``training_set``, ``ingest_rejects``, ``ingest_metrics``."""
+"""``ingest``: ``params:ingest`` + ``params:seed`` → ``training_set``, ``ingest_rejects``, ``ingest_metrics``,
+``control_set``."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 ingest_training_set,
                 inputs=["params:ingest", "params:seed"],
-                outputs=["training_set", "ingest_rejects", "ingest_metrics"],
+                outputs=["training_set", "ingest_rejects", "ingest_metrics", "control_set"],
                 name="ingest_training_set",
             )
         ]

@@ -29,7 +29,8 @@ from copying_study.study import Cell, expand_grid, validate_study
 
 logger = logging.getLogger(__name__)
 
-SHARED_INPUTS = {"finetune_set", "training_set", "train_descriptors"}
+SHARED_INPUTS = {"finetune_set", "training_set", "train_descriptors", "descriptor_calibration", "duplicate_clusters",
+                 "control_set"}
 SHARED_PARAMETERS = {"params:device": "params:device"}
 
 
@@ -72,7 +73,7 @@ def cell_pipeline(cell: Cell) -> Pipeline:
         return Pipeline(finetune_pipeline() + stages, namespace=cell.namespace, inputs=set(SHARED_INPUTS),
                         outputs={"study_cell": cell_output(cell)}, parameters=dict(SHARED_PARAMETERS))
     source = cell.source_namespace
-    inputs = {"training_set": "training_set", "train_descriptors": "train_descriptors",
+    inputs = {**{name: name for name in SHARED_INPUTS - {"finetune_set"}},
               "finetuned_model": f"{source}.finetuned_model", "training_record": f"{source}.training_record"}
     return Pipeline(stages, namespace=cell.namespace, inputs=inputs, outputs={"study_cell": cell_output(cell)},
                     parameters=dict(SHARED_PARAMETERS))
