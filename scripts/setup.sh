@@ -15,4 +15,10 @@ fi
 .venv/bin/python -m pip install --quiet $TORCH_SPEC
 # ... then the project, whose torch requirement the installed build already satisfies.
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# torch-fidelity for the offline FID-network check only (python -m copying_study.metrics.fid_check): kept out of
+# site-packages: its package imports torchvision, whose PyPI build does not load with the CPU torch, and once
+# installed it makes torchmetrics' image metrics import it.
+if [ ! -d .venv/fid-check/torch_fidelity ]; then
+  .venv/bin/python -m pip install --quiet --no-deps --target .venv/fid-check torch-fidelity==0.4.0
+fi
 .venv/bin/python -c "import torch, diffusers, kedro, faiss, mlflow; print('set up: torch', torch.__version__, '| cuda', torch.cuda.is_available())"

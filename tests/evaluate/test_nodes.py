@@ -78,6 +78,8 @@ def make_generations(training_set: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_evaluate(training_set, train_descriptors, control_set, params, calibration=None, seed=0):
+    # FID off unless asked for: the bundled Inception takes minutes on a CPU (it runs in the pipeline test)
+    params = {"fid": {"enabled": False}, **params}
     gens = nodes.select_generations(make_generations(training_set), params)
     record = {"duplicated_ids": training_set["image_id"][:3].tolist(), "duplication": "full"}
     info = nodes.finetune_info(record, params)
@@ -98,8 +100,13 @@ def run_evaluate(training_set, train_descriptors, control_set, params, calibrati
 
 
 @pytest.fixture(scope="module")
-def evaluated(training_set, train_descriptors, control_set):
-    return run_evaluate(training_set, train_descriptors, control_set, {"bootstrap": {"n_boot": 200}})
+def evaluated(training_set, train_descriptors, control_set, tmp_path_factory):
+    from tests.evaluate.test_fid import TinyInception, save_script
+
+    # a tiny stand-in network keeps this fast; the bundled Inception runs in the pipeline test
+    inception = save_script(TinyInception(), tmp_path_factory.mktemp("fid") / "inception-2015-12-05.pt")
+    return run_evaluate(training_set, train_descriptors, control_set,
+                        {"bootstrap": {"n_boot": 200}, "fid": {"inception_path": inception}})
 
 
 def test_copies_match_their_training_image_and_unrelated_score_lower(evaluated, training_set):
@@ -162,8 +169,9 @@ def test_summary_values_and_keys(evaluated, training_set):
     assert (bg["distinct_similarity"] < 0.9999).all()
     assert (bg["nearest_distinct_image_id"].map(planted) != bg["image_id"].map(planted)).loc[in_cluster].all()
     assert s["background_distinct"]["max"] < 0.9999 and s["background_distinct"]["n_in_known_duplicate_groups"] == 6
-    # FID: no Inception file -> null with a reason; a Fréchet distance named by its feature space instead
-    assert s["fid"] is None and "inception_path" in s["fid_info"]["reason"]
+    # FID with the given network, recorded; beside it a Fréchet distance named by its feature space
+    assert s["fid"] > 0 and s["fid_info"]["network"].startswith("user file")
+    assert s["fid_info"]["inception_path"] == evaluated["params"]["fid"]["inception_path"]
     assert s["frechet_distance"] > 0 and "default" in s["frechet_features"] and "not FID" in s["frechet_features"]
     assert s["clipscore"] is None and "model_path" in s["clipscore_info"]["reason"]
     # splits: the duplicated group is the one generation whose source is in duplicated_ids
@@ -171,9 +179,9 @@ def test_summary_values_and_keys(evaluated, training_set):
     assert dup["duplicated"]["n"] == 1 and dup["n_without_source"] == 8
     planted = s["splits"]["planted_cluster"]
     assert planted["planted"]["n"] == 1 and planted["per_cluster"]["0"]["n"] == 1
-    # metrics are flat finite floats; fid/clipscore are left out while unknown
+    # metrics are flat finite floats; clipscore is left out while unknown
     assert all(isinstance(v, float) and np.isfinite(v) for v in m.values())
-    assert m["dataset_similarity"] == s["dataset_similarity"] and "fid" not in m and "frechet_distance" in m
+    assert m["dataset_similarity"] == s["dataset_similarity"] and m["fid"] == s["fid"] and "frechet_distance" in m
     json.dumps(s, allow_nan=False)  # what JSONDataset(allow_nan: false) will do
 
 

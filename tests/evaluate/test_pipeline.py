@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from copying_study.descriptors import load_descriptor
+from copying_study.metrics import fid as fid_metrics
 from copying_study.utils.images import decode_image
 from tests.conftest import make_training_set, run_kedro, save_datasets
 from tests.evaluate.test_nodes import calibration_for, make_generations
@@ -68,7 +69,10 @@ def test_evaluate_pipeline_outputs_metrics_and_load_versions(project):
                 "source_image_id", "source_duplicated"):
         assert col in scores.columns
     assert summary["dataset_similarity"] == pytest.approx(np.percentile(scores["top1_similarity"], 95))
-    assert summary["fid"] is None and summary["frechet_distance"] is not None
+    # the default FID: the bundled standard Inception (evaluate.fid.inception_path: null), recorded
+    assert summary["fid"] > 0 and summary["frechet_distance"] is not None
+    assert summary["fid_info"]["inception_sha256"] == fid_metrics.BUNDLED_SHA256
+    assert summary["fid_info"]["network"].startswith("bundled") and summary["fid_info"]["n_fake"] == 16
     assert summary["splits"]["source_duplicated"]["duplicated"]["n"] == 1
     assert summary["inputs"]["generations"] == "generations table" and summary["inputs"]["finetuning_record"]
     assert summary["descriptor"]["name"] == "default"

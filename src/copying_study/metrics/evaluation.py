@@ -643,10 +643,9 @@ def missing_value(value: Any) -> bool:
 def fid_report(generations: pd.DataFrame, training_set: pd.DataFrame, generation_embeddings: np.ndarray,
                train_descriptors: Mapping[str, Any], params: Mapping[str, Any], seed: int, device: Any
                ) -> dict[str, Any]:
-    """FID (generations vs training images) with the Inception TorchScript at ``evaluate.fid.inception_path``,
-    else ``fid: None`` with the reason; always also the Fréchet distance in the copy descriptor's feature space,
+    """FID (generations vs training images) with the standard FID Inception (bundled, or the TorchScript at
+    ``evaluate.fid.inception_path``); always also the Fréchet distance in the copy descriptor's feature space,
     named as such (``frechet_distance`` + ``frechet_features``)."""
-    from copying_study.descriptors import sha256_file
     from copying_study.metrics import fid as fid_metrics
     from copying_study.utils.device import describe_device, pick_device
 
@@ -673,31 +672,20 @@ def fid_report(generations: pd.DataFrame, training_set: pd.DataFrame, generation
         out["frechet_features"] = f"copy descriptor '{meta['name']}' ({meta['dim']}-d, L2-normalised) — not FID"
     except ValueError as exc:
         out["frechet_reason"] = str(exc)
-    if not p["inception_path"]:
-        reason = ("no Inception weights given (evaluate.fid.inception_path is null): FID needs the standard FID "
-                  "Inception TorchScript 'inception-2015-12-05.pt'; reported instead: frechet_distance in the copy "
-                  "descriptor's feature space, which is not comparable with FID")
-        logger.warning("FID not computed: %s", reason)
-        out["fid_info"] = {"reason": reason}
-        return out
     if len(generations) < 2 or len(ref) < 2:
         out["fid_info"] = {"reason": f"FID needs >= 2 images a side; got {len(generations)} generations and "
                                      f"{len(ref)} training images"}
         logger.warning("FID not computed: %s", out["fid_info"]["reason"])
         return out
     dev = pick_device(device)
-    inception = fid_metrics.load_inception(p["inception_path"], dev)
+    inception = fid_metrics.load_inception(p["inception_path"] or None, dev)
     real = training_set.iloc[ref]
     out["fid"] = fid_metrics.frechet_inception_distance(
         iter_decoded(real, "image_id", "training image"), iter_decoded(generations, "gen_id", "generation"),
         inception, batch_size=int(p["batch_size"]), n_real=len(real), n_fake=len(generations))
     out["fid_info"] = {
         "implementation": "torchmetrics.image.fid.FrechetInceptionDistance with the FID Inception TorchScript",
-        "inception_path": str(p["inception_path"]),
-        "inception_sha256": sha256_file(p["inception_path"]),
-        "features": f"pool3, {inception.num_features}-d",
-        "preprocessing": "clean-fid 'clean' resize (PIL bicubic per channel in float32) to 299x299, values in "
-                         "[0, 255]; the TorchScript maps them to [-1, 1] itself",
+        **inception.record(),
         "reference": "training_set" + (f" (seeded sample of {len(ref)})" if len(ref) < len(training_set) else ""),
         "n_real": int(len(real)),
         "n_fake": int(len(generations)),
