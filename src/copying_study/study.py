@@ -276,12 +276,9 @@ def over_seeds(results: pd.DataFrame, by: list[str], value: str = "dataset_simil
 
 # -- report --------------------------------------------------------------------------------------------------------
 def _figure_tag(fig: Any, alt: str) -> str:
-    """The figure as an inline base64 PNG ``<img>`` (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
+    """The figure as an inline base64 PNG ``<img>``."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -306,17 +303,15 @@ def _plain(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ddf_section(results: pd.DataFrame) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     plain = _plain(results)
     if plain.empty:
         return "<p>No cell without mitigations.</p>"
     caption = plain["caption_type"].mode().iloc[0]
     plain = plain[plain["caption_type"] == caption]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     lines = []
     for duplication, colour in (("full", "tab:red"), ("partial", "tab:blue")):
         stats = over_seeds(plain[plain["duplication"] == duplication], ["ddf"])
@@ -345,7 +340,7 @@ def _ddf_section(results: pd.DataFrame) -> str:
 
 
 def _caption_section(results: pd.DataFrame) -> str:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     plain = _plain(results)
     plain = plain[plain["duplication"] != "none"]
@@ -355,7 +350,8 @@ def _caption_section(results: pd.DataFrame) -> str:
     setting = plain.groupby(["duplication", "ddf"])["caption_type"].nunique().idxmax()
     subset = plain[(plain["duplication"] == setting[0]) & (plain["ddf"] == setting[1])]
     stats = over_seeds(subset, ["caption_type"])
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig = Figure(figsize=(6, 3.4))
+    ax = fig.subplots()
     ax.bar(stats["caption_type"], stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
            capsize=4, color="tab:purple")
     ax.set_ylabel("dataset similarity (95th pct)")
@@ -436,13 +432,14 @@ def _gallery_section(galleries: Mapping[str, list[Mapping[str, Any]]]) -> str:
 
 
 def _complexity_section(results: pd.DataFrame) -> str:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     stats = over_seeds(results, ["cell"], "entropy_pearson_r").dropna(subset=["mean"])
     if stats.empty:
         return "<p>No complexity correlation could be computed.</p>"
     jpeg = over_seeds(results, ["cell"], "jpeg_pearson_r").set_index("cell")["mean"]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(stats) + 1.2))
+    fig = Figure(figsize=(7, 0.3 * len(stats) + 1.2))
+    ax = fig.subplots()
     ax.errorbar(stats["mean"], stats["cell"], xerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
                 fmt="o", capsize=3)
     ax.axvline(0, color="grey")

@@ -24,9 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from copying_study.utils.seeding import python_rng
 
 CAPTION_TYPES = ("fixed", "class", "original", "blip", "random")
-TEXT_MITIGATIONS = ("mc", "rc", "rt", "cwr", "rna")
-TRAIN_MITIGATIONS = ("none", "mc", "gn", "rc", "rt", "cwr", "rna")
-INFERENCE_MITIGATIONS = ("none", "gn", "rt", "cwr", "rna", "rc")
+TEXT_MITIGATIONS = ("rc", "rt", "cwr", "rna")
+"""Mitigations that rewrite a caption's text (train time and inference time alike)."""
+TRAIN_MITIGATIONS = ("none", "mc", "gn", *TEXT_MITIGATIONS)
+"""Train-time mitigations: ``mc`` draws from the image's alternatives, ``gn`` noises the text embedding."""
+INFERENCE_MITIGATIONS = ("none", "gn", *TEXT_MITIGATIONS)
+"""Inference-time mitigations (a prompt has no alternatives, so no ``mc``)."""
 
 FIXED_CAPTION = "An image"
 _WORD = re.compile(r"[a-z][a-z'-]*")
@@ -156,7 +159,7 @@ def perturb_caption(
     """Apply one text mitigation. ``p`` is the probability that the caption is changed (``mc`` ignores it, as in
     the paper's code). Exactly one ``rng.random()`` is drawn for the gate whatever the outcome, so a sequence of
     calls stays aligned across mitigations with the same seed."""
-    check_choice(mitigation, TRAIN_MITIGATIONS + ("rc",), "mitigation")
+    check_choice(mitigation, TRAIN_MITIGATIONS, "mitigation")
     if mitigation in ("none", "gn"):
         return caption
     if mitigation == "mc":

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from copying_study.diffusion.train import TrainResult, settings_from_params, train
 from copying_study.utils.device import pick_device
@@ -80,15 +81,11 @@ def finetune_model(
 
 def plot_sample_grids(grids: dict[int, np.ndarray]) -> dict[str, Any]:
     """One figure per sampled step: each row is a training image and two generations from its training caption."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figures = {}
     for step, grid in sorted(grids.items()):
         h, w = grid.shape[:2]
-        fig, ax = plt.subplots(figsize=(max(3.5, w / 16), max(3.0, h / 16)), dpi=100)
+        fig = Figure(figsize=(max(3.5, w / 16), max(3.0, h / 16)), dpi=100)
+        ax = fig.subplots()
         ax.imshow(grid, interpolation="nearest")
         ax.set_title(f"step {step}: training image | two samples", fontsize=8)
         ax.axis("off")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from copying_study.data.captions import vocabulary
+from copying_study.data.captions import INFERENCE_MITIGATIONS, vocabulary
 from copying_study.descriptors import descriptor_from_meta
 from copying_study.diffusion.guard import CopyIndex, GuardSettings, generate_guarded, guard_metrics
 from copying_study.diffusion.models import describe_pipeline, load_pipeline
@@ -78,7 +78,7 @@ def validate_params(params: Any) -> dict[str, Any]:
     s = check_keys(p["strengths"], STRENGTH_KEYS, "generate.strengths")
     g = check_keys(p["copy_guard"], GUARD_KEYS, "generate.copy_guard")
     strengths = MitigationSettings(
-        name=_choice(p["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.mitigation"),
+        name=_choice(p["mitigation"], INFERENCE_MITIGATIONS, "generate.mitigation"),
         p=_float(s, "p", "generate.strengths", 0.0, 1.0),
         n=_int(s, "n", "generate.strengths", 1),
         rc_words=_int(s, "rc_words", "generate.strengths", 1),
@@ -92,7 +92,7 @@ def validate_params(params: Any) -> dict[str, Any]:
         # "calibrated": the descriptor's copy threshold from descriptor_calibration, filled in by generate_images
         threshold=None if calibrated else _float(g, "threshold", "generate.copy_guard", -1.0, 1.0),
         max_tries=_int(g, "max_tries", "generate.copy_guard", 1),
-        mitigation=_choice(g["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.copy_guard.mitigation"),
+        mitigation=_choice(g["mitigation"], INFERENCE_MITIGATIONS, "generate.copy_guard.mitigation"),
     )
     if g["descriptor"] is not None and not isinstance(g["descriptor"], Mapping):
         raise ValueError(f"generate.copy_guard.descriptor must be null or a mapping (path, batch_size, device, half), "
@@ -279,16 +279,12 @@ def generate_images_from_model(
 
 def plot_generations_grid(generations: pd.DataFrame, params: dict[str, Any]) -> Figure:
     """A grid of the first ``grid_size`` generations with their (mitigated) prompts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     p = validate_params(params)
     rows = generations.head(p["grid_size"])
     cols = max(1, min(8, math.ceil(math.sqrt(len(rows)))))
     nrows = max(1, math.ceil(len(rows) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(1.7 * cols, 1.9 * nrows), squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(1.7 * cols, 1.9 * nrows), constrained_layout=True)
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows.itertuples(index=False), strict=False):
