@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from copying_study.diffusion.models import PixelShuffleAutoencoder, load_pipeline, weights_checksum
-from copying_study.diffusion.train import settings_from_params
 from copying_study.pipelines.finetune import nodes
 from copying_study.pipelines.finetune.pipeline import create_pipeline
+from copying_study.schemas import FinetuneParams
 from tests.conftest import REPO, make_training_set, run_kedro
 from tests.finetune.helpers import TEST_TINY
 
@@ -31,9 +31,9 @@ def conf(env: str) -> dict:
 
 
 def test_base_and_paper_configs_validate_without_weights():
-    base = settings_from_params(conf("base")["finetune"])
+    base = FinetuneParams.from_params(conf("base")["finetune"])
     assert base.base_model == "tiny" and base.train_text_encoder and base.duplication == "full"
-    paper = settings_from_params(conf("paper")["finetune"])
+    paper = FinetuneParams.from_params(conf("paper")["finetune"])
     assert paper.base_model == "stabilityai/stable-diffusion-2-1"
     assert (paper.resolution, paper.batch_size, paper.steps) == (256, 16, 100_000)
     assert (paper.learning_rate, paper.lr_warmup_steps, paper.lr_schedule) == (5e-6, 10_000, "constant_with_warmup")

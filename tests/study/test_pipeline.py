@@ -100,7 +100,7 @@ def test_study_runs_the_grid_writes_results_report_and_a_nested_mlflow_run_per_c
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
     assert sorted(children["tags.study.cell"]) == ["full_ddf5", "full_ddf5_rt"]
     child = children[children["tags.study.cell"] == "full_ddf5_rt"].iloc[0]
-    assert child["params.generate.mitigation"] == "rt" and child["params.finetune.ddf"] == "5"
+    assert child["params.generate.mitigation"] == "rt" and child["params.finetune.ddf"] == "5.0"
     assert child["metrics.dataset_similarity"] == pytest.approx(rt["dataset_similarity"])
     assert set(results["mlflow_run_id"]) == set(children["run_id"])
     assert "metrics.full_ddf5__s3.train_loss" in parent.columns  # the lead's hook prefixes namespaced metrics

@@ -21,15 +21,13 @@ The same loop trains the tiny embedded model on a CPU and Stable Diffusion 2.1 o
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +47,7 @@ from copying_study.diffusion.models import (
     resolve_source,
     weights_checksum,
 )
+from copying_study.schemas.finetune import FinetuneParams
 from copying_study.utils.device import describe_device
 from copying_study.utils.images import decode_image, resize_center_crop
 from copying_study.utils.progress import progress
@@ -56,154 +55,7 @@ from copying_study.utils.seeding import derive_seed, numpy_rng, python_rng, torc
 
 logger = logging.getLogger(__name__)
 
-DUPLICATION_MODES = ("none", "full", "partial")
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
 REQUIRED_COLUMNS = ("image_id", "image", "caption")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# settings
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """The ``finetune:`` parameters, validated. Defaults are those of ``conf/base`` (the tiny study); see
-    ``docs/finetune.md`` for each one."""
-
-    base_model: str = "tiny"
-    resolution: int = 16
-    caption_type: str = "original"
-    duplication: str = "full"
-    dup_fraction: float = 0.05
-    ddf: float = 20.0
-    mitigation: str = "none"
-    mitigation_prob: float = 0.1
-    mitigation_insertions: int = 2
-    rc_words: int = 4
-    rna_high: int = 10**6
-    gn_lambda: float = 0.1
-    random_caption_words: int = 6
-    uncond_prob: float = 0.1
-    train_text_encoder: bool = True
-    steps: int = 600
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant_with_warmup"
-    lr_warmup_steps: int = 50
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    random_flip: bool = True
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    log_every: int = 10
-    sample_every: int = 300
-    sample_prompts: int = 6
-    sample_steps: int = 25
-    sample_guidance: float = 3.0
-    checkpoint_every: int = 300
-    checkpoint_dir: str = "data/06_models/finetune_checkpoints"
-    keep_checkpoints: int = 1
-    resume: bool = True
-    tiny: Mapping[str, Any] = field(default_factory=dict)
-    embedded_base: Mapping[str, Any] = field(default_factory=dict)
-    embedded_base_dir: str = "data/06_models/embedded_base"
-
-    # Settings that change what is trained (a checkpoint is only resumed by a run with the same ones).
-    NON_SEMANTIC = ("log_every", "sample_every", "sample_prompts", "sample_steps", "sample_guidance",
-                    "checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume", "embedded_base_dir")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["tiny"] = dict(self.tiny)
-        d["embedded_base"] = dict(self.embedded_base)
-        return d
-
-
-def _bad(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"finetune.{key}={value!r} is invalid: {allowed}")
-
-
-def settings_from_params(params: Mapping[str, Any] | None) -> FinetuneSettings:
-    """Validate the ``finetune:`` parameter dict (unknown keys, choices, ranges) and return typed settings.
-
-    Nothing is loaded: the paper configuration validates on a machine without its weights.
-    """
-    params = dict(params or {})
-    names = [f.name for f in dataclasses.fields(FinetuneSettings)]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise ValueError(f"unknown finetune parameter(s) {unknown}; allowed: {', '.join(names)}")
-    defaults = FinetuneSettings()
-    values: dict[str, Any] = {}
-    for name in names:
-        default = getattr(defaults, name)
-        value = params.get(name, default)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise _bad(name, value, "use true or false")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-                raise _bad(name, value, "use an integer")
-            value = int(value)
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise _bad(name, value, "use a finite number")
-            value = float(value)
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise _bad(name, value, "use a string")
-        values[name] = value
-    for key in ("tiny", "embedded_base"):
-        if not isinstance(values[key], Mapping):
-            raise _bad(key, values[key], "use a mapping")
-        values[key] = dict(values[key])
-    s = FinetuneSettings(**values)
-    _check_choices(s)
-    return s
-
-
-def _check_choices(s: FinetuneSettings) -> None:
-    def choice(key: str, allowed: Sequence[str]) -> None:
-        if getattr(s, key) not in allowed:
-            raise _bad(key, getattr(s, key), f"choose one of {', '.join(allowed)}")
-
-    def at_least(key: str, low: float, strict: bool = False) -> None:
-        v = getattr(s, key)
-        if v < low or (strict and v == low):
-            raise _bad(key, v, f"must be {'>' if strict else '>='} {low}")
-
-    choice("caption_type", cap.CAPTION_TYPES)
-    choice("duplication", DUPLICATION_MODES)
-    choice("mitigation", cap.TRAIN_MITIGATIONS)
-    choice("mixed_precision", MIXED_PRECISION)
-    choice("lr_schedule", LR_SCHEDULES)
-    at_least("ddf", 1.0)
-    for key in ("steps", "batch_size", "resolution", "random_caption_words", "rc_words", "sample_steps",
-                "log_every"):
-        at_least(key, 1)
-    for key in ("lr_warmup_steps", "mitigation_insertions", "rna_high", "sample_every", "sample_prompts",
-                "checkpoint_every", "weight_decay", "gn_lambda", "max_grad_norm"):
-        at_least(key, 0)
-    at_least("keep_checkpoints", 1)
-    at_least("learning_rate", 0.0, strict=True)
-    for key in ("mitigation_prob", "uncond_prob", "adam_beta1", "adam_beta2"):
-        if not 0.0 <= getattr(s, key) <= 1.0:
-            raise _bad(key, getattr(s, key), "must be in [0, 1]")
-    if not 0.0 < s.dup_fraction <= 1.0:
-        raise _bad("dup_fraction", s.dup_fraction, "must be in (0, 1]")
-    if not s.base_model.strip():
-        raise _bad("base_model", s.base_model, "give 'tiny', a local diffusers folder or a Hugging Face id")
-    if s.duplication == "partial" and s.caption_type not in ("original", "blip"):
-        raise _bad(
-            "duplication", s.duplication,
-            "partial duplication draws a duplicated image's caption from its alternatives, so it needs "
-            f"caption_type original or blip (got {s.caption_type!r})",
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,7 +93,7 @@ def as_frame(table: Any) -> pd.DataFrame:
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
 
 
-def make_plan(table: pd.DataFrame, s: FinetuneSettings, seed: int) -> TrainingPlan:
+def make_plan(table: pd.DataFrame, s: FinetuneParams, seed: int) -> TrainingPlan:
     """Validate the finetune set and decide captions and duplication (seeded, independent of row order)."""
     if table is None or len(table) == 0:
         raise ValueError("finetune_set is empty: there is nothing to train on (check the ingest/dedup outputs)")
@@ -316,7 +168,7 @@ def draw_indices(plan: TrainingPlan, step: int, batch_size: int, seed: int) -> n
     return numpy_rng(seed, "finetune", "batch", step).choice(n, size=batch_size, replace=True, p=plan.probabilities)
 
 
-def draw_captions(plan: TrainingPlan, s: FinetuneSettings, indices: np.ndarray, rng: random.Random) -> list[str]:
+def draw_captions(plan: TrainingPlan, s: FinetuneParams, indices: np.ndarray, rng: random.Random) -> list[str]:
     """The caption of each drawn image: its base caption (or, partial duplication, one of its alternatives), then
     the text mitigation, then caption dropout (``uncond_prob``: the empty caption, for classifier-free guidance)."""
     out = []
@@ -334,7 +186,7 @@ def draw_captions(plan: TrainingPlan, s: FinetuneSettings, indices: np.ndarray, 
     return out
 
 
-def draw_step(plan: TrainingPlan, s: FinetuneSettings, step: int, seed: int) -> StepBatch:
+def draw_step(plan: TrainingPlan, s: FinetuneParams, step: int, seed: int) -> StepBatch:
     """Images, flips and captions of one step, drawn from generators seeded by ``(seed, step)``."""
     indices = draw_indices(plan, step, s.batch_size, seed)
     flips = (
@@ -382,9 +234,9 @@ def encode_latents(pipe, images: Sequence[bytes], resolution: int, random_flip: 
 # checkpoints
 
 
-def fingerprint(s: FinetuneSettings, seed: int, plan: TrainingPlan, table: pd.DataFrame, base_checksum: str) -> str:
+def fingerprint(s: FinetuneParams, seed: int, plan: TrainingPlan, table: pd.DataFrame, base_checksum: str) -> str:
     """A hash of everything that decides the trained weights (settings, seed, data, base model)."""
-    settings = {k: v for k, v in s.to_dict().items() if k not in FinetuneSettings.NON_SEMANTIC}
+    settings = {k: v for k, v in s.to_dict().items() if k not in FinetuneParams.NON_SEMANTIC}
     h = hashlib.sha256(json.dumps({"settings": settings, "seed": seed, "base": base_checksum},
                                   sort_keys=True, default=str).encode())
     sha = table["sha256"] if "sha256" in table.columns else [hashlib.sha256(b).hexdigest() for b in table["image"]]
@@ -456,7 +308,7 @@ class TrainResult:
     base: dict[str, Any] = field(default_factory=dict)  # what the base model was (embedded: fingerprint, built now)
 
 
-def _mixed_precision(s: FinetuneSettings, device: torch.device) -> torch.dtype | None:
+def _mixed_precision(s: FinetuneParams, device: torch.device) -> torch.dtype | None:
     mp = s.mixed_precision
     if mp == "auto":
         mp = "bf16" if device.type == "cuda" else "no"
@@ -467,7 +319,7 @@ def _mixed_precision(s: FinetuneSettings, device: torch.device) -> torch.dtype |
     return torch.bfloat16 if mp == "bf16" else torch.float16
 
 
-def resolve_base(s: FinetuneSettings, device: torch.device) -> tuple[str, dict[str, Any]]:
+def resolve_base(s: FinetuneParams, device: torch.device) -> tuple[str, dict[str, Any]]:
     """The model source to load and what it is: ``embedded`` becomes the cached pretrained base model's folder
     (built now when missing, :func:`copying_study.diffusion.base.ensure_base`); anything else is checked as it is
     (a missing folder or an uncached id fails before any work)."""
@@ -483,7 +335,7 @@ def resolve_base(s: FinetuneSettings, device: torch.device) -> tuple[str, dict[s
     return s.base_model, {"source": kind, "location": where}
 
 
-def prepare_model(s: FinetuneSettings, plan: TrainingPlan, seed: int, device: torch.device,
+def prepare_model(s: FinetuneParams, plan: TrainingPlan, seed: int, device: torch.device,
                   source: str | None = None):
     """Load the base model (``source``, default ``s.base_model``)."""
     source = source or s.base_model
@@ -506,7 +358,7 @@ def _distributed():
 
 def train(
     table: pd.DataFrame,
-    s: FinetuneSettings,
+    s: FinetuneParams,
     seed: int,
     device: torch.device,
     observer: Callable[[StepBatch, torch.Tensor], None] | None = None,
@@ -708,7 +560,7 @@ def _grid_prompts(plan: TrainingPlan, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_grid(pipe, table: pd.DataFrame, plan: TrainingPlan, rows: list[int], s: FinetuneSettings, seed: int,
+def sample_grid(pipe, table: pd.DataFrame, plan: TrainingPlan, rows: list[int], s: FinetuneParams, seed: int,
                 device: torch.device, amp: torch.dtype | None) -> np.ndarray:
     """A uint8 grid: one row per prompt, the training image then two generations from its training caption."""
     if not rows:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from copying_study.diffusion.train import TrainResult, settings_from_params, train
+from copying_study.diffusion.train import TrainResult, train
+from copying_study.schemas import FinetuneParams
 from copying_study.utils.device import pick_device
 from copying_study.utils.seeding import seed_everything
 
@@ -65,7 +66,7 @@ def finetune_model(
     Returns ``finetuned_model`` (a diffusers pipeline), ``training_record``, ``finetune_metrics`` (loss and learning
     rate histories as ``[[step, value], ...]``, samples/s) and the sample grids by step.
     """
-    settings = settings_from_params(params)
+    settings = FinetuneParams.from_params(params)
     dev = pick_device(device)
     seed_everything(int(seed))
     result = train(finetune_set, settings, int(seed), dev)

@@ -48,7 +48,7 @@ class StudyParamsHooks:
         for name, value in values.items():
             catalog[name] = value
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before the MLflow hook opens a run
     def before_pipeline_run(self, run_params, pipeline, catalog):
         missing = sorted(n for n in pipeline.inputs() if n.startswith("params:") and "__s" in n and n not in catalog)
         if self.error is not None and missing:

@@ -25,7 +25,7 @@ from copying_study.pipelines.finetune.pipeline import create_pipeline as finetun
 from copying_study.pipelines.generate.pipeline import create_pipeline as generate_pipeline
 from copying_study.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
 from copying_study.pipelines.study.nodes import collect_cell, collect_study
-from copying_study.study import Cell, expand_grid, validate_study
+from copying_study.study import Cell, expand_grid
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         cells = expand_grid(study) if study else []
     except ValueError as error:
         logger.warning("study grid is invalid; `kedro run --pipelines=study` will fail: %s", error)
-        return Pipeline([Node(validate_study, "params:study", "study_grid_checked", name="validate_study_grid")])
+        return Pipeline([Node(expand_grid, "params:study", "study_grid_checked", name="validate_study_grid")])
     if not cells:
         return Pipeline([])
     return study_pipeline(cells)
