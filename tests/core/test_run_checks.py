@@ -53,3 +53,23 @@ def test_only_the_stages_that_run_are_checked_for_paths(kedro_project):
 
     blocks = stage_blocks({"params:evaluate", "params:seed", "params:full_ddf5__s0.finetune", "training_set"})
     assert blocks == {"evaluate": ["params:evaluate"], "finetune": ["params:full_ddf5__s0.finetune"]}
+
+
+def test_a_stage_run_alone_on_a_fresh_clone_says_what_to_run_first_without_a_traceback(kedro_project):
+    """``kedro run --pipelines=evaluate`` through the CLI: one message naming each missing dataset, the stage that
+    makes it and the command to run first; no Kedro traceback."""
+    import subprocess
+    import sys
+
+    kedro = Path(sys.executable).parent / "kedro"
+    done = subprocess.run([str(kedro), "run", "--pipelines=evaluate"], cwd=kedro_project, capture_output=True,
+                          text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "Error: `kedro run --pipelines=evaluate` needs datasets that no earlier run has written" in out
+    for line in ("generations: made by the generate stage", "training_record: made by the finetune stage",
+                 "train_descriptors: made by the dedup_clusters stage", "training_set: made by the ingest stage",
+                 "Run first: kedro run --pipelines=ingest,dedup_clusters,finetune,generate"):
+        assert line in out, out
+    assert "Traceback" not in out and len(out.splitlines()) < 60, out
+    assert not (kedro_project / "mlflow.db").exists()  # stopped before the tracking hook opened a run
