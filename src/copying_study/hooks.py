@@ -230,8 +230,17 @@ class MlflowTrackingHooks:
         print(format_summary(load("replication_summary"), load("complexity_correlations"), plots), flush=True)
 
     @hook_impl
+    def on_node_error(self, error, node):
+        self.record["failed_node"] = node.name
+
+    @hook_impl
     def on_pipeline_error(self, error, run_params, pipeline, catalog):
+        """A failed run still leaves its manifest: status ``failed``, the error and the node it failed in."""
         self.record["error"] = f"{type(error).__name__}: {error}"
+        try:
+            self._write_manifest(catalog)
+        except Exception as manifest_error:  # noqa: BLE001 - never hide the run's own error behind this one
+            logger.error("the failed run's manifest could not be written: %s", manifest_error)
         self._finish("FAILED")
 
     def _write_manifest(self, catalog) -> None:

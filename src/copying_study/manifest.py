@@ -106,5 +106,6 @@ def build_manifest(record: dict[str, Any]) -> dict[str, Any]:
         "device": device_info(),
         "status": "failed" if record.get("error") else "finished",
         "error": record.get("error"),
+        "failed_node": record.get("failed_node"),
     }
     return json.loads(json.dumps(manifest, default=str))  # plain JSON types only

@@ -162,6 +162,15 @@ def test_missing_base_model_fails_before_training(table, tmp_path: Path):
     assert rec.batches == []
 
 
+def test_an_undecodable_image_is_named_by_its_image_id(table):
+    broken = table.copy()
+    broken.loc[5, "image"] = b"\x89PNG\r\n\x1a\n not an image"
+    rec = Recorder()
+    with pytest.raises(ValueError, match=f"finetune_set image_id '{broken.loc[5, 'image_id']}' cannot be decoded"):
+        train(broken, small(), SEED, CPU, observer=rec)
+    assert rec.batches == []
+
+
 DDP_SCRIPT = """
 import os, sys, torch
 from copying_study.diffusion.train import train

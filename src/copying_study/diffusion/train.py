@@ -210,15 +210,25 @@ def image_tensor(data: bytes, resolution: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_latents(pipe, images: Sequence[bytes], resolution: int, random_flip: bool, device: torch.device,
-                   batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   batch_size: int = 16, image_ids: Sequence[str] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encode every image once with the frozen autoencoder: mean (and std when the autoencoder is stochastic) of
-    the scaled latents, ``[N, F, C, h, w]`` with ``F`` = 2 flips (or 1)."""
+    the scaled latents, ``[N, F, C, h, w]`` with ``F`` = 2 flips (or 1). An image that cannot be decoded is a
+    ``ValueError`` naming its ``image_id`` (or its row)."""
     vae = pipe.vae
     scale = float(vae.config.scaling_factor)
     flips = 2 if random_flip else 1
     means, stds = [], []
+
+    def tensor(i: int) -> torch.Tensor:
+        try:
+            return image_tensor(images[i], resolution)
+        except ValueError as exc:
+            which = f"image_id '{image_ids[i]}'" if image_ids is not None else f"row {i}"
+            raise ValueError(f"finetune_set {which} cannot be decoded: {exc}") from exc
+
     for start in progress(range(0, len(images), batch_size), desc="encode latents", unit="batch"):
-        x = torch.stack([image_tensor(b, resolution) for b in images[start:start + batch_size]])
+        x = torch.stack([tensor(i) for i in range(start, min(start + batch_size, len(images)))])
         views = [x, torch.flip(x, dims=[3])][:flips]
         batch = torch.cat(views).to(device=device, dtype=vae.dtype)
         dist = vae.encode(batch).latent_dist
@@ -400,7 +410,8 @@ def train(
     n_timesteps = int(noise_scheduler.config.num_train_timesteps)
 
     t0 = time.perf_counter()
-    mean_latents, std_latents = encode_latents(pipe, list(table["image"]), s.resolution, s.random_flip, device)
+    mean_latents, std_latents = encode_latents(pipe, list(table["image"]), s.resolution, s.random_flip, device,
+                                               image_ids=plan.image_ids)
     encode_seconds = time.perf_counter() - t0
 
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if s.train_text_encoder else [])
