@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 EXPERIMENT_ENV = "COPYING_STUDY_EXPERIMENT"
 DEFAULT_EXPERIMENT = "copying_study"
 MANIFEST_DATASET = "run_manifest"
+RUN_ID_DATASET = "kedro_run_id"
 
 
 def git_state(path: Path) -> dict[str, Any]:
@@ -135,6 +136,7 @@ class MlflowTrackingHooks:
     @hook_impl
     def after_catalog_created(self, catalog, conf_catalog, conf_creds, parameters, save_version, load_versions):
         self._catalog = catalog
+        catalog[RUN_ID_DATASET] = save_version  # the run id, for nodes whose files belong to one run (checkpoints)
         self.record = {
             "save_version": save_version,
             "load_versions_requested": dict(load_versions or {}),

@@ -119,6 +119,8 @@ def finetune_inputs(p: Mapping[str, Any], where: str) -> list[str]:
     out = []
     if p["base_model"] not in ("tiny", "embedded"):  # both are built here (embedded: once, then cached)
         out.append(model_problem(f"{where}.base_model", p["base_model"], "diffusers pipeline", "model_index.json"))
+    if p["resume_from"]:
+        out.append(_file(f"{where}.resume_from", p["resume_from"], "checkpoint"))
     return [x for x in out if x]
 
 

@@ -26,7 +26,9 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -260,10 +262,11 @@ def _checkpoint_files(folder: Path) -> list[Path]:
 
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``step_<step>.pt`` atomically (temp file + rename) and keep the newest ``keep`` checkpoints."""
+    """Write ``step_<step>.pt`` atomically (a temporary file named by process and a random id, then a rename) and
+    keep the newest ``keep`` checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:09d}.pt"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
     for old in _checkpoint_files(folder)[:-keep]:
@@ -309,6 +312,7 @@ class TrainResult:
     samples_per_s: float
     steps_run: int
     resumed_from: int | None
+    resumed_checkpoint: str | None  # the checkpoint file training continued from
     base_checksum: str
     final_checksum: str
     components: dict[str, Any]
@@ -372,11 +376,17 @@ def train(
     seed: int,
     device: torch.device,
     observer: Callable[[StepBatch, torch.Tensor], None] | None = None,
+    run_id: str | None = None,
 ) -> TrainResult:
     """Finetune ``s.base_model`` on ``table`` (the ``finetune_set``). Returns the trained pipeline and its record.
 
     ``observer(batch, encoder_hidden_states)`` is called at every step with what the UNet is about to be fed (for
     tests and diagnostics); an exception it raises stops training (the last checkpoint stays resumable).
+
+    Checkpoints go to ``checkpoint_dir/<run_id>/<fingerprint>`` and are removed when training completes. They are
+    resumed automatically (``resume``) only by the same run (``run_id``: the Kedro run id; ``None`` gives a fresh id,
+    so nothing is resumed); any other run resumes a checkpoint only when ``resume_from`` names it, and only if it
+    was written with the same settings, seed, data and base model (the fingerprint).
     """
     table = as_frame(table)
     plan = make_plan(table, s, seed)
@@ -429,18 +439,25 @@ def train(
         raise ValueError(f"finetune.batch_size={s.batch_size} is not divisible by the {world} processes")
     is_main = rank == 0
 
-    ckpt_dir = Path(s.checkpoint_dir) / fp[:16]
+    run_folder = Path(s.checkpoint_dir) / (run_id or f"run-{uuid.uuid4().hex[:12]}")
+    ckpt_dir = run_folder / fp[:16]
     start_step, resumed_from = 0, None
     counts = np.zeros(len(plan.image_ids), dtype=np.int64)
     step_losses: list[float] = []
     loss_history: list[list[float]] = []
     lr_history: list[list[float]] = []
     sample_grids: dict[int, np.ndarray] = {}
-    last = latest_checkpoint(ckpt_dir) if s.checkpoint_every and s.resume else None
+    if s.resume_from:
+        last: Path | None = Path(s.resume_from).expanduser()
+        if not last.is_file():
+            raise FileNotFoundError(f"finetune.resume_from: no checkpoint file at {last}")
+    else:
+        last = latest_checkpoint(ckpt_dir) if s.checkpoint_every and s.resume else None
     if last is not None:
         state = torch.load(last, map_location="cpu", weights_only=False)
         if state["fingerprint"] != fp:
-            raise ValueError(f"checkpoint {last} belongs to another run (fingerprint mismatch); remove it")
+            raise ValueError(f"checkpoint {last} was written by a run with other settings, seed, data or base model "
+                             "(fingerprint mismatch): this run cannot resume from it")
         _unwrap(unet_fwd).load_state_dict(state["unet"])
         if s.train_text_encoder:
             _unwrap(text_encoder).load_state_dict(state["text_encoder"])
@@ -452,6 +469,9 @@ def train(
         step_losses, loss_history, lr_history = state["step_losses"], state["loss_history"], state["lr_history"]
         sample_grids = state["sample_grids"]
         logger.info("resuming finetuning from %s (step %d of %d)", last, start_step, s.steps)
+    if s.checkpoint_every and is_main:
+        logger.info("checkpoints of this run: %s (removed when training completes; resume a stopped run with "
+                    "--params finetune.resume_from=%s/step_<n>.pt)", ckpt_dir, ckpt_dir)
 
     grid_rows = _grid_prompts(plan, s.sample_prompts)
     pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log/checkpoint, not per step)
@@ -529,6 +549,10 @@ def train(
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     final = weights_checksum(pipe.unet, pipe.text_encoder)
+    if is_main and ckpt_dir.exists():  # training is complete: its checkpoints are no longer needed
+        shutil.rmtree(ckpt_dir)
+        if not any(run_folder.iterdir()):
+            run_folder.rmdir()
     if s.sample_every == 0 and s.sample_prompts and is_main:
         sample_grids[s.steps] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
     logger.info("finetuned %d steps in %.1f s (%.1f samples/s; latents encoded in %.1f s)",
@@ -537,7 +561,8 @@ def train(
         pipe=pipe, plan=plan, loss_history=loss_history, lr_history=lr_history, sample_grids=sample_grids,
         samples_per_image=counts, seconds=seconds,
         samples_per_s=steps_run * s.batch_size / max(seconds, 1e-9), steps_run=steps_run,
-        resumed_from=resumed_from, base_checksum=base_checksum, final_checksum=final,
+        resumed_from=resumed_from, resumed_checkpoint=str(last) if last is not None else None,
+        base_checksum=base_checksum, final_checksum=final,
         components=describe_pipeline(pipe) | {"base_model": s.base_model, "attention": _attention(pipe.unet)},
         device=describe_device(device), precision=str(amp).replace("torch.", "") if amp else "float32",
         fingerprint=fp, base=base_info,

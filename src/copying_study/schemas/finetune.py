@@ -28,7 +28,7 @@ class FinetuneParams(Params):
     where: ClassVar[str] = "finetune"
     NON_SEMANTIC: ClassVar[tuple[str, ...]] = (
         "log_every", "sample_every", "sample_prompts", "sample_steps", "sample_guidance", "checkpoint_every",
-        "checkpoint_dir", "keep_checkpoints", "resume", "embedded_base_dir")
+        "checkpoint_dir", "keep_checkpoints", "resume", "resume_from", "embedded_base_dir")
     """Settings that do not change what is trained (a checkpoint is resumed only by a run with the same others)."""
 
     base_model: str = "tiny"
@@ -69,6 +69,7 @@ class FinetuneParams(Params):
     checkpoint_dir: str = "data/06_models/finetune_checkpoints"
     keep_checkpoints: AtLeastOne = 1
     resume: bool = True
+    resume_from: str | None = None
     tiny: dict[str, Any] = {}
     embedded_base: dict[str, Any] = {}
     embedded_base_dir: str = "data/06_models/embedded_base"

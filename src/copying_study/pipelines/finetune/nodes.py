@@ -46,6 +46,7 @@ def training_record(result: TrainResult, table: pd.DataFrame, params: dict[str, 
         "steps": int(params["steps"]),
         "steps_run": int(result.steps_run),
         "resumed_from_step": result.resumed_from,
+        "resumed_from_checkpoint": result.resumed_checkpoint,
         "seconds": round(result.seconds, 3),
         "samples_per_s": round(result.samples_per_s, 3),
         "device": result.device,
@@ -59,9 +60,10 @@ def training_record(result: TrainResult, table: pd.DataFrame, params: dict[str, 
 
 
 def finetune_model(
-    finetune_set: pd.DataFrame, params: dict[str, Any], seed: int, device: str
+    finetune_set: pd.DataFrame, params: dict[str, Any], seed: int, device: str, run_id: str
 ) -> tuple[Any, dict[str, Any], dict[str, Any], dict[int, np.ndarray]]:
-    """Finetune ``finetune.base_model`` on ``finetune_set``.
+    """Finetune ``finetune.base_model`` on ``finetune_set``. ``run_id`` (the Kedro run id) names this run's
+    checkpoint folder: only this run resumes from it unless ``finetune.resume_from`` names a checkpoint.
 
     Returns ``finetuned_model`` (a diffusers pipeline), ``training_record``, ``finetune_metrics`` (loss and learning
     rate histories as ``[[step, value], ...]``, samples/s) and the sample grids by step.
@@ -69,7 +71,7 @@ def finetune_model(
     settings = FinetuneParams.from_params(params)
     dev = pick_device(device)
     seed_everything(int(seed))
-    result = train(finetune_set, settings, int(seed), dev)
+    result = train(finetune_set, settings, int(seed), dev, run_id=str(run_id))
     record = training_record(result, finetune_set, settings.to_dict(), int(seed))
     metrics = {
         "train_loss": result.loss_history,
