@@ -95,6 +95,36 @@ def as_frame(table: Any) -> pd.DataFrame:
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
 
 
+def check_captions(s: FinetuneParams, ids: list[str], rows: list[dict[str, Any]], pools: list[list[str]]) -> None:
+    """``ValueError`` before any work when the settings need captions the data lacks. ``original`` needs each image's
+    own caption; ``blip``, ``mc`` and ``partial`` duplication need its caption pool (own captions and the caption
+    stage's ``blip_captions``). Uncaptioned data (a ``classfolders`` source without captions) trains with ``fixed``,
+    ``class`` or ``random`` captions, or with model captions from ingest's captioning step (``caption.model``)."""
+    own = [bool(cap.captions_of(r)) for r in rows]
+    pooled = [bool(p) for p in pools]
+    with_model = "or add model captions with caption.model (docs/caption.md)"
+    needs = []
+    if s.caption_type == "original":
+        needs.append(("finetune.caption_type 'original' trains each image with its own caption", own,
+                      "use caption_type fixed, class or random, or blip with model captions from caption.model "
+                      "(docs/caption.md)"))
+    if s.caption_type == "blip":
+        needs.append(("finetune.caption_type 'blip' trains each image with its BLIP caption (blip_captions, else "
+                      "its second caption)", pooled, f"use caption_type fixed, class or random, {with_model}"))
+    if s.mitigation == "mc":
+        needs.append(("finetune.mitigation 'mc' draws each image's caption from its captions", pooled,
+                      f"use another mitigation, {with_model}"))
+    if s.duplication == "partial":
+        needs.append(("finetune.duplication 'partial' draws duplicated images' captions from their captions", pooled,
+                      f"use full duplication, {with_model}"))
+    for need, has, hint in needs:
+        lacking = [i for i, ok in zip(ids, has, strict=True) if not ok]
+        if lacking:
+            what = ("the data has no captions (a classfolders source without captions_file?)" if len(lacking) == len(ids)
+                    else f"{len(lacking)} of {len(ids)} images have no caption (e.g. {lacking[:3]})")
+            raise ValueError(f"{need}, but {what}: {hint}")
+
+
 def make_plan(table: pd.DataFrame, s: FinetuneParams, seed: int) -> TrainingPlan:
     """Validate the finetune set and decide captions and duplication (seeded, independent of row order)."""
     if table is None or len(table) == 0:
@@ -107,9 +137,10 @@ def make_plan(table: pd.DataFrame, s: FinetuneParams, seed: int) -> TrainingPlan
     if dupes:
         raise ValueError(f"finetune_set has repeated image_id(s) {dupes[:5]}: ids must be unique")
     rows = table.to_dict("records")
-    alts = [cap.caption_pool(r) for r in rows]
+    alts = [cap.caption_pool(r) for r in rows]  # own captions + model captions; [] for an uncaptioned image
+    check_captions(s, ids, rows, alts)
     blips = [list(r["blip_captions"]) for r in rows if r.get("blip_captions") is not None]
-    vocab = cap.vocabulary([c for a in alts for c in a] + [c for b in blips for c in b])
+    vocab, vocab_note = cap.word_pool([c for a in alts for c in a] + [c for b in blips for c in b])
     random_of = (
         cap.random_captions(ids, vocab, seed, s.random_caption_words) if s.caption_type == "random" else None
     )
@@ -127,6 +158,8 @@ def make_plan(table: pd.DataFrame, s: FinetuneParams, seed: int) -> TrainingPlan
         probabilities = weights / weights.sum()
     elif s.ddf != 1.0:
         notes.append(f"finetune.ddf={s.ddf} is ignored: duplication is 'none'")
+    if vocab_note and (s.caption_type == "random" or s.mitigation in ("rt", "rc")):
+        notes.append(vocab_note)
     if s.caption_type == "blip" and not blips:
         notes.append("caption_type 'blip': the data has no blip_captions column; each image's second alternative "
                      "caption stands in for its BLIP caption")

@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from copying_study.data.captions import alternatives
+from copying_study.data.captions import alternatives, captions_of
 from copying_study.metrics.caption_similarity import caption_similarity, load_text_encoder
 from copying_study.search import (
     cluster_sizes,
@@ -22,6 +23,10 @@ from copying_study.search import (
     threshold_pairs,
 )
 from copying_study.utils.seeding import numpy_rng, python_rng
+
+logger = logging.getLogger(__name__)
+
+NO_CAPTIONS = "the data has no captions (a classfolders source without captions_file?)"
 
 
 def check_table(table: pd.DataFrame, columns: tuple[str, ...], what: str = "training_set") -> None:
@@ -79,23 +84,30 @@ def summarise(
     """One row per cluster with two or more images, largest first: ``cluster_id``, ``size``, ``reportable``,
     ``caption_similarity`` (paper §5.1), ``caption_pairs``, ``caption_similarity_method``, ``example_ids``,
     ``n_distinct_captions``. Also returns the text model's meta."""
-    caption_of = dict(zip(training_set["image_id"].astype(str), training_set["caption"].astype(str), strict=True))
+    caption_of = dict(zip(training_set["image_id"].astype(str), training_set["caption"].fillna("").astype(str),
+                          strict=True))
+    captioned = any(c.strip() for c in caption_of.values())
+    if not captioned:
+        logger.warning("caption similarity is skipped: %s", NO_CAPTIONS)
     multi = clusters[clusters["cluster_size"] >= 2]
     encoder = None
     rows = []
     for cid, members in multi.groupby("cluster_id", sort=True):
-        if encoder is None:
-            encoder = load_text_encoder(params["caption_model"], list(caption_of.values()), device)
         captions = [caption_of[i] for i in members["image_id"]]
-        sim, n_pairs = caption_similarity(captions, encoder, params["max_caption_pairs"],
-                                          numpy_rng(seed, "dedup", "caption_pairs", int(cid)))
+        if captioned:
+            if encoder is None:
+                encoder = load_text_encoder(params["caption_model"], list(caption_of.values()), device)
+            sim, n_pairs = caption_similarity(captions, encoder, params["max_caption_pairs"],
+                                              numpy_rng(seed, "dedup", "caption_pairs", int(cid)))
+        else:
+            sim, n_pairs = float("nan"), 0
         rows.append({
             "cluster_id": int(cid),
             "size": len(members),
             "reportable": bool(len(members) >= params["min_cluster_size"]),
             "caption_similarity": sim,
             "caption_pairs": n_pairs,
-            "caption_similarity_method": encoder.method,
+            "caption_similarity_method": encoder.method if encoder is not None else f"skipped: {NO_CAPTIONS}",
             "n_distinct_captions": len(set(captions)),
             "example_ids": list(members["image_id"].iloc[: params["n_example_ids"]]),
         })
@@ -132,6 +144,12 @@ def mitigate(training_set: pd.DataFrame, clusters: pd.DataFrame, params: Mapping
         first = ~pd.Series(out["cluster_id"]).duplicated().to_numpy()
         return out[~reportable | first].reset_index(drop=True)
     if params["mitigation"] == "resample_captions":
+        lacking = [str(i) for i, r, in_cluster in zip(out["image_id"], out.to_dict("records"), reportable, strict=True)
+                   if in_cluster and not captions_of(r)]
+        if lacking:
+            raise ValueError(f"dedup.mitigation 'resample_captions' gives clustered images other captions from their "
+                             f"own, but {len(lacking)} clustered image(s) have no caption (e.g. {lacking[:3]}; "
+                             f"{NO_CAPTIONS}): use mitigation none or collapse")
         out["original_caption"] = out["caption"]
         captions = out["caption"].tolist()
         for cid, rows in out[reportable].groupby("cluster_id", sort=True).groups.items():
