@@ -35,14 +35,9 @@ import torch.nn.functional as F
 
 from copying_study.data.embedded import generate_embedded
 from copying_study.diffusion.models import encode_prompts
-from copying_study.diffusion.train import (
-    FinetuneSettings,
-    image_tensor,
-    make_plan,
-    prepare_model,
-    settings_from_params,
-)
+from copying_study.diffusion.train import image_tensor, make_plan, prepare_model
 from copying_study.diffusion.train import train as project_train
+from copying_study.schemas import FinetuneParams
 from copying_study.utils.device import describe_device, pick_device
 from copying_study.utils.seeding import torch_generator
 
@@ -64,7 +59,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         return x, self.captions[i]
 
 
-def plain_loop(pipe, table, s: FinetuneSettings, plan, steps: int, warmup: int, device: torch.device,
+def plain_loop(pipe, table, s: FinetuneParams, plan, steps: int, warmup: int, device: torch.device,
                amp: torch.dtype | None = None) -> float:
     """Seconds per step of the plain diffusers loop (no latent cache; float32, or ``amp`` autocast) after
     ``warmup`` steps."""
@@ -111,7 +106,7 @@ def plain_loop(pipe, table, s: FinetuneSettings, plan, steps: int, warmup: int, 
     return (time.perf_counter() - start) / steps
 
 
-def project_loop(table, s: FinetuneSettings, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+def project_loop(table, s: FinetuneParams, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
     """Seconds per step of the project's loop after ``warmup`` steps, and its one-off setup seconds."""
     marks: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -123,7 +118,7 @@ def project_loop(table, s: FinetuneSettings, steps: int, warmup: int, device: to
             _sync(device)
             marks["start"] = time.perf_counter()
 
-    result = project_train(table, FinetuneSettings(**{**s.to_dict(), "steps": steps + warmup}), 0, device,
+    result = project_train(table, FinetuneParams.from_params({**s.to_dict(), "steps": steps + warmup}), 0, device,
                            observer=observer)
     end = marks["first"] + result.seconds  # result.seconds spans the whole loop
     return (end - marks["start"]) / steps, marks["first"] - t0
@@ -193,14 +188,14 @@ def main(argv: list[str] | None = None) -> dict:
         model = f"random-weight {args.reference} shape (built and saved in {time.perf_counter() - t0:.0f} s)"
     if params["base_model"] != "tiny":
         params.pop("tiny", None)
-    s = settings_from_params(params)
+    s = FinetuneParams.from_params(params)
     table = generate_embedded(n_images=args.images, resolution=s.resolution, n_clusters=0, seed=0)
     plan = make_plan(table, s, 0)
     if args.sd_autoencoder:
         if args.base_model != "tiny":
             raise SystemExit("--sd-autoencoder only applies to --base-model tiny")
         folder = with_sd_autoencoder(prepare_model(s, plan, 0, torch.device("cpu")), s.resolution, tmp.name)
-        s = settings_from_params({**params, "base_model": folder, "tiny": {}})
+        s = FinetuneParams.from_params({**params, "base_model": folder, "tiny": {}})
         model += " + SD 2.1 autoencoder (random weights)"
 
     wanted = ("fp32,bf16" if device.type == "cuda" else "fp32") if args.baselines == "auto" else args.baselines

@@ -274,6 +274,9 @@ def run_audit(run_id: str, project: Path, go_on: bool = False, tolerance: float 
     if isinstance(params.get("finetune"), dict) and params["finetune"].get("resume"):
         params["finetune"]["resume"] = False
         print("audit: finetune.resume set to false: training is redone from the base model", file=out)
+    if isinstance(params.get("finetune"), dict) and params["finetune"].get("resume_from"):
+        params["finetune"]["resume_from"] = None
+        print("audit: finetune.resume_from set to null: training is redone from the base model", file=out)
     load_versions = {k: v for k, v in inputs.items() if f"{k}@{v}" not in missing}
     with KedroSession.create(project_path=project, env=manifest.get("env"), runtime_params=params) as session:
         session.run(pipeline_names=manifest.get("pipeline_names"), load_versions=load_versions)

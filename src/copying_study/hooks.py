@@ -19,18 +19,21 @@ import math
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
 from copying_study.manifest import build_manifest, folder_checksum
+from copying_study.run_versions import pin_run_versions
 
 logger = logging.getLogger(__name__)
 
 EXPERIMENT_ENV = "COPYING_STUDY_EXPERIMENT"
 DEFAULT_EXPERIMENT = "copying_study"
 MANIFEST_DATASET = "run_manifest"
+RUN_ID_DATASET = "kedro_run_id"
 
 
 def git_state(path: Path) -> dict[str, Any]:
@@ -101,6 +104,28 @@ def metrics_to_log(value: Any) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def ensure_experiment(name: str, artifact_root: str | None, attempts: int = 6) -> None:
+    """Create (if needed) and select the MLflow experiment ``name``. Two runs started together on a fresh clone race
+    to create it (and the sqlite store's tables): the loser's unique-constraint or locked-database error is retried
+    after a short wait, when the winner's experiment is there to use."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            if mlflow.get_experiment_by_name(name) is None:
+                mlflow.create_experiment(name, artifact_location=artifact_root)
+            mlflow.set_experiment(name)
+            return
+        except (MlflowException, SQLAlchemyError) as error:
+            if attempt == attempts - 1:
+                raise
+            logger.info("MLflow experiment %r is being created by another run (%s); retrying", name,
+                        str(error).splitlines()[0][:200])
+            time.sleep(0.2 * 2**attempt)
+
+
 class MlflowTrackingHooks:
     def __init__(self) -> None:
         self.record: dict[str, Any] = {}
@@ -111,6 +136,7 @@ class MlflowTrackingHooks:
     @hook_impl
     def after_catalog_created(self, catalog, conf_catalog, conf_creds, parameters, save_version, load_versions):
         self._catalog = catalog
+        catalog[RUN_ID_DATASET] = save_version  # the run id, for nodes whose files belong to one run (checkpoints)
         self.record = {
             "save_version": save_version,
             "load_versions_requested": dict(load_versions or {}),
@@ -138,6 +164,9 @@ class MlflowTrackingHooks:
                 "project_path": str(project_path),
             }
         )
+        free_inputs = {n for n in pipeline.inputs() if not n.startswith("params:") and n != "parameters"}
+        self.record["inputs_at_start"] = pin_run_versions(catalog, pipeline.all_outputs(), free_inputs,
+                                                          run_params.get("load_versions"))
         if os.environ.get("COPYING_STUDY_MLFLOW", "1").lower() in ("0", "false", "off", "no"):
             logger.info("MLflow tracking is off (COPYING_STUDY_MLFLOW=0)")
             return
@@ -146,12 +175,10 @@ class MlflowTrackingHooks:
         uri = tracking_uri(project_path)
         mlflow.set_tracking_uri(uri)
         name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
-        if mlflow.get_experiment_by_name(name) is None:
-            artifact_root = None
-            if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
-                artifact_root = (project_path / "mlruns").resolve().as_uri()
-            mlflow.create_experiment(name, artifact_location=artifact_root)
-        mlflow.set_experiment(name)
+        artifact_root = None
+        if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+            artifact_root = (project_path / "mlruns").resolve().as_uri()
+        ensure_experiment(name, artifact_root)
         if mlflow.active_run() is not None:  # a caller (e.g. the study's parent run) opened one: nest
             mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}", nested=True)
         else:
@@ -205,8 +232,17 @@ class MlflowTrackingHooks:
         print(format_summary(load("replication_summary"), load("complexity_correlations"), plots), flush=True)
 
     @hook_impl
+    def on_node_error(self, error, node):
+        self.record["failed_node"] = node.name
+
+    @hook_impl
     def on_pipeline_error(self, error, run_params, pipeline, catalog):
+        """A failed run still leaves its manifest: status ``failed``, the error and the node it failed in."""
         self.record["error"] = f"{type(error).__name__}: {error}"
+        try:
+            self._write_manifest(catalog)
+        except Exception as manifest_error:  # noqa: BLE001 - never hide the run's own error behind this one
+            logger.error("the failed run's manifest could not be written: %s", manifest_error)
         self._finish("FAILED")
 
     def _write_manifest(self, catalog) -> None:

@@ -1,7 +1,8 @@
 """The run record ("manifest") every ``kedro run`` writes: enough to re-run the study exactly.
 
 It holds the git commit and whether the tree was dirty, the resolved parameters and their hash, the Kedro
-environment and pipelines, the versions of every dataset loaded and saved, checksums of model weights used, package
+environment and pipelines, the versions of every dataset loaded and saved (and of each input, fixed when the run
+started: ``inputs_at_start``), checksums of model weights used, package
 versions, the device, and every seed found in the parameters. ``copying-study audit`` reads it back (see
 ``copying_study.audit``).
 """
@@ -96,6 +97,7 @@ def build_manifest(record: dict[str, Any]) -> dict[str, Any]:
         "parameters": params,
         "parameters_sha256": params_hash(params),
         "seeds": find_seeds(params),
+        "inputs_at_start": record.get("inputs_at_start") or {},
         "datasets_loaded": record.get("datasets_loaded") or {},
         "datasets_saved": record.get("datasets_saved") or {},
         "weights": record.get("weights") or {},
@@ -104,5 +106,6 @@ def build_manifest(record: dict[str, Any]) -> dict[str, Any]:
         "device": device_info(),
         "status": "failed" if record.get("error") else "finished",
         "error": record.get("error"),
+        "failed_node": record.get("failed_node"),
     }
     return json.loads(json.dumps(manifest, default=str))  # plain JSON types only

@@ -4,9 +4,11 @@ from omegaconf.resolvers import oc
 
 from copying_study.hooks import MlflowTrackingHooks
 from copying_study.pipelines.study.hooks import StudyParamsHooks
+from copying_study.run_checks import RunChecksHooks
 
-# MLflow tracking + the run record; the study grid's per-cell parameters (params:<cell>.<stage>).
-HOOKS = (MlflowTrackingHooks(), StudyParamsHooks())
+# MLflow tracking + the run record (first: `copying-study audit` reads HOOKS[0].record); the study grid's per-cell
+# parameters (params:<cell>.<stage>); the checks that stop a run before its first node (copying_study.run_checks).
+HOOKS = (MlflowTrackingHooks(), StudyParamsHooks(), RunChecksHooks())
 
 # kedro-viz registers hooks that write .viz/ files on every run; the DAG view does not need them.
 # (Names are distribution metadata names: kedro-mlflow would be "kedro_mlflow"; it is not used here.)

@@ -23,7 +23,6 @@ import copy
 import html
 import io
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,14 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-STAGES: tuple[str, ...] = ("finetune", "generate", "evaluate", "complexity")
-"""The parameter trees a cell may override (``params:<stage>``)."""
-INFERENCE_STAGES: tuple[str, ...] = ("generate", "evaluate", "complexity")
-"""The parameter trees an inference cell may override (it reuses its train cell's model)."""
-STUDY_KEYS: tuple[str, ...] = ("seeds", "train_cells", "inference_cells", "shared", "report")
-REPORT_KEYS: tuple[str, ...] = ("gallery_n",)
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-SEED_SEPARATOR = "__s"
+from copying_study.schemas import STAGE_SCHEMAS
+from copying_study.schemas.study import SEED_SEPARATOR, STAGES, StudyParams
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "cell", "seed", "namespace", "kind", "from_cell", "duplication", "ddf", "caption_type", "train_mitigation",
@@ -87,111 +80,41 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(value).__name__}")
-    return dict(value)
-
-
-def _check_stages(overrides: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {list(allowed)}")
-    for stage, value in overrides.items():
-        _mapping(value, f"{where}.{stage}")
-
-
-def validate_study(study: Any) -> dict[str, Any]:
-    """Check ``params:study`` and return it with defaults filled in; ``ValueError`` names the bad key."""
-    study = _mapping(study, "study")
-    unknown = sorted(set(study) - set(STUDY_KEYS))
-    if unknown:
-        raise ValueError(f"study: unknown key(s) {unknown}; allowed: {list(STUDY_KEYS)}")
-    seeds = study.get("seeds")
-    if not isinstance(seeds, (list, tuple)) or not seeds:
-        raise ValueError(f"study.seeds must be a non-empty list of integers, got {seeds!r}")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"study.seeds must be distinct non-negative integers, got {list(seeds)!r}")
-    train = _mapping(study.get("train_cells"), "study.train_cells")
-    inference = _mapping(study.get("inference_cells"), "study.inference_cells")
-    if not train:
-        raise ValueError("study.train_cells is empty: the grid needs at least one train cell")
-    shared = _mapping(study.get("shared"), "study.shared")
-    _check_stages(shared, STAGES, "study.shared")
-    report = {"gallery_n": 6, **_mapping(study.get("report"), "study.report")}
-    bad = sorted(set(report) - set(REPORT_KEYS))
-    if bad:
-        raise ValueError(f"study.report: unknown key(s) {bad}; allowed: {list(REPORT_KEYS)}")
-    if not isinstance(report["gallery_n"], int) or report["gallery_n"] < 0:
-        raise ValueError(f"study.report.gallery_n must be an integer >= 0, got {report['gallery_n']!r}")
-    for name in [*train, *inference]:
-        if not isinstance(name, str) or not NAME_PATTERN.match(name) or SEED_SEPARATOR in name:
-            raise ValueError(f"study cell name {name!r} is not allowed: use letters, digits and single underscores, "
-                             f"starting with a letter (it becomes a Kedro namespace; '{SEED_SEPARATOR}' is reserved)")
-    clash = sorted(set(train) & set(inference))
-    if clash:
-        raise ValueError(f"study: {clash} named both in train_cells and inference_cells")
-    for name, overrides in train.items():
-        _check_stages(_mapping(overrides, f"study.train_cells.{name}"), STAGES, f"study.train_cells.{name}")
-    for name, spec in inference.items():
-        spec = _mapping(spec, f"study.inference_cells.{name}")
-        if spec.get("from") not in train:
-            raise ValueError(f"study.inference_cells.{name}.from must name a train cell ({sorted(train)}), "
-                             f"got {spec.get('from')!r}")
-        _check_stages({k: v for k, v in spec.items() if k != "from"}, INFERENCE_STAGES,
-                      f"study.inference_cells.{name}")
-    return {"seeds": [int(s) for s in seeds], "train_cells": train, "inference_cells": inference,
-            "shared": shared, "report": report}
-
-
 def expand_grid(study_params: Any) -> list[Cell]:
-    """One :class:`Cell` per (cell, seed): train cells first, then inference cells, each in seed order."""
-    study = validate_study(study_params)
-    cells = [Cell(name, seed, "train", _mapping(ov, name)) for name, ov in study["train_cells"].items()
-             for seed in study["seeds"]]
-    for name, spec in study["inference_cells"].items():
-        overrides = {k: v for k, v in _mapping(spec, name).items() if k != "from"}
-        cells += [Cell(name, seed, "inference", overrides, source=spec["from"]) for seed in study["seeds"]]
+    """One :class:`Cell` per (cell, seed): train cells first, then inference cells, each in seed order. The grid is
+    checked by :class:`~copying_study.schemas.StudyParams`."""
+    study = StudyParams.from_params(study_params)
+    cells = [Cell(name, seed, "train", study.train_overrides(name)) for name in study.train_cells
+             for seed in study.seeds]
+    for name, spec in study.inference_cells.items():
+        cells += [Cell(name, seed, "inference", spec.overrides(), source=spec.source) for seed in study.seeds]
     return cells
 
 
-def _merge_checked(base: Mapping[str, Any], override: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``deep_merge`` that refuses top-level keys the stage's parameters do not have (a typo would silently do
-    nothing); nested keys are checked by the stage's own validation when it runs."""
-    unknown = sorted(set(override) - set(base))
-    if unknown:
-        raise ValueError(f"{where}: {unknown} not parameter(s) of this stage; known: {sorted(base)}")
-    return deep_merge(base, override)
-
-
 def cell_parameters(all_params: Mapping[str, Any], cell: Cell) -> dict[str, Any]:
-    """The parameters of one cell: base stage parameters ← ``study.shared`` ← (the train cell's) ← the cell's.
+    """The parameters of one cell: base stage parameters ← ``study.shared`` ← (the train cell's) ← the cell's, each
+    stage's block checked by its schema (:data:`copying_study.schemas.STAGE_SCHEMAS`, defaults filled in).
 
     Returns ``{"finetune": ..., "generate": ..., "evaluate": ..., "complexity": ..., "seed": s, "cell": {...}}``.
     """
-    study = validate_study(all_params.get("study"))
+    study = StudyParams.from_params(all_params.get("study"))
     missing = [s for s in STAGES if not isinstance(all_params.get(s), Mapping)]
     if missing:
         raise ValueError(f"the study needs the stage parameters {missing} (conf/base/parameters_<stage>.yml)")
-    layers = [("study.shared", study["shared"])]
+    layers = [study.shared.overrides()]
     if cell.kind == "inference":
-        layers.append((f"study.train_cells.{cell.source}", _mapping(study["train_cells"][cell.source], "")))
-        where = f"study.inference_cells.{cell.name}"
-    else:
-        where = f"study.train_cells.{cell.name}"
-    layers.append((where, cell.overrides))
+        layers.append(study.train_overrides(cell.source))
+    layers.append(cell.overrides)
     out: dict[str, Any] = {}
     for stage in STAGES:
-        params = copy.deepcopy(dict(all_params[stage]))
-        for label, layer in layers:
-            params = _merge_checked(params, _mapping(layer.get(stage), f"{label}.{stage}"), f"{label}.{stage}")
-        out[stage] = params
+        params = dict(all_params[stage])
+        for layer in layers:
+            params = deep_merge(params, layer.get(stage) or {})
+        out[stage] = STAGE_SCHEMAS[stage].from_params(params, where=f"study cell {cell.namespace}: {stage}").as_dict()
     out["seed"] = int(cell.seed)
     out["cell"] = {"name": cell.name, "seed": int(cell.seed), "namespace": cell.namespace, "kind": cell.kind,
                    "from": cell.source, "from_namespace": cell.source_namespace,
-                   "gallery_n": study["report"]["gallery_n"]}
+                   "gallery_n": study.report.gallery_n}
     return out
 
 
@@ -276,12 +199,9 @@ def over_seeds(results: pd.DataFrame, by: list[str], value: str = "dataset_simil
 
 # -- report --------------------------------------------------------------------------------------------------------
 def _figure_tag(fig: Any, alt: str) -> str:
-    """The figure as an inline base64 PNG ``<img>`` (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
+    """The figure as an inline base64 PNG ``<img>``."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -306,17 +226,15 @@ def _plain(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ddf_section(results: pd.DataFrame) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     plain = _plain(results)
     if plain.empty:
         return "<p>No cell without mitigations.</p>"
     caption = plain["caption_type"].mode().iloc[0]
     plain = plain[plain["caption_type"] == caption]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     lines = []
     for duplication, colour in (("full", "tab:red"), ("partial", "tab:blue")):
         stats = over_seeds(plain[plain["duplication"] == duplication], ["ddf"])
@@ -345,7 +263,7 @@ def _ddf_section(results: pd.DataFrame) -> str:
 
 
 def _caption_section(results: pd.DataFrame) -> str:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     plain = _plain(results)
     plain = plain[plain["duplication"] != "none"]
@@ -355,7 +273,8 @@ def _caption_section(results: pd.DataFrame) -> str:
     setting = plain.groupby(["duplication", "ddf"])["caption_type"].nunique().idxmax()
     subset = plain[(plain["duplication"] == setting[0]) & (plain["ddf"] == setting[1])]
     stats = over_seeds(subset, ["caption_type"])
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig = Figure(figsize=(6, 3.4))
+    ax = fig.subplots()
     ax.bar(stats["caption_type"], stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
            capsize=4, color="tab:purple")
     ax.set_ylabel("dataset similarity (95th pct)")
@@ -436,13 +355,14 @@ def _gallery_section(galleries: Mapping[str, list[Mapping[str, Any]]]) -> str:
 
 
 def _complexity_section(results: pd.DataFrame) -> str:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     stats = over_seeds(results, ["cell"], "entropy_pearson_r").dropna(subset=["mean"])
     if stats.empty:
         return "<p>No complexity correlation could be computed.</p>"
     jpeg = over_seeds(results, ["cell"], "jpeg_pearson_r").set_index("cell")["mean"]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(stats) + 1.2))
+    fig = Figure(figsize=(7, 0.3 * len(stats) + 1.2))
+    ax = fig.subplots()
     ax.errorbar(stats["mean"], stats["cell"], xerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
                 fmt="o", capsize=3)
     ax.axvline(0, color="grey")

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from copying_study.data import captioning as cp
+from copying_study.schemas import CaptionParams
 from tests.conftest import make_training_set
 
 
-def settings(model, **kw) -> cp.CaptionSettings:
-    return cp.settings_from_params({"model": str(model) if model else None, "n_sampled": 3, "max_new_tokens": 8,
-                                    "batch_size": 4, **kw})
+def settings(model, **kw) -> CaptionParams:
+    return CaptionParams.from_params({"model": str(model) if model else None, "n_sampled": 3, "max_new_tokens": 8,
+                                      "batch_size": 4, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +31,24 @@ def table() -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"modle": "x"}, r"unknown caption parameter\(s\) \['modle'\]"),
-        ({"decoding": "nucleus"}, r"caption.decoding='nucleus' is invalid: choose one of beam, greedy"),
-        ({"top_p": 0.0}, r"caption.top_p=0.0 is invalid"),
-        ({"temperature": 0}, r"caption.temperature=0.0 is invalid"),
-        ({"n_sampled": -1}, r"caption.n_sampled=-1 is invalid"),
-        ({"n_sampled": 2.5}, r"caption.n_sampled=2.5 is invalid: use an integer"),
-        ({"min_new_tokens": 9, "max_new_tokens": 8}, r"caption.min_new_tokens=9 is invalid"),
-        ({"model": ""}, r"caption.model='' is invalid"),
-        ({"half": "yes"}, r"caption.half='yes' is invalid"),
+        ({"modle": "x"}, r"caption.modle: unknown parameter"),
+        ({"decoding": "nucleus"}, r"caption.decoding = 'nucleus': expected 'beam' or 'greedy'"),
+        ({"top_p": 0.0}, r"caption.top_p = 0.0: expected a value greater than 0"),
+        ({"temperature": 0}, r"caption.temperature = 0: expected a value greater than 0"),
+        ({"n_sampled": -1}, r"caption.n_sampled = -1: expected a value greater than or equal to 0"),
+        ({"n_sampled": 2.5}, r"caption.n_sampled = 2.5: expected an integer"),
+        ({"min_new_tokens": 9, "max_new_tokens": 8}, r"caption: min_new_tokens \(9\) must be <= max_new_tokens"),
+        ({"model": ""}, r"caption.model = '': expected a non-empty string or null"),
+        ({"half": "yes"}, r"caption.half = 'yes': expected true or false"),
     ],
 )
 def test_bad_settings_name_the_parameter(params, message):
     with pytest.raises(ValueError, match=message):
-        cp.settings_from_params(params)
+        CaptionParams.from_params(params)
 
 
 def test_defaults_and_generation_record():
-    s = cp.settings_from_params({})
+    s = CaptionParams.from_params({})
     assert s.model is None and s.per_image == 1 + s.n_sampled
     gen = s.generation()
     assert "model" not in gen and "batch_size" not in gen and gen["decoding"] == "beam"
@@ -167,7 +168,7 @@ def test_seeded_sampling_draws_from_the_nucleus_with_the_right_frequencies():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     scores = probs.log().repeat(n, 1)
     sampler = cp.SeededSampling([np.random.default_rng(i) for i in range(n)],
-                                cp._warpers(cp.settings_from_params({"top_p": 0.7})))
+                                cp._warpers(CaptionParams.from_params({"top_p": 0.7})))
     out = sampler(torch.zeros((n, 1), dtype=torch.long), scores)
     assert torch.isfinite(out).sum(dim=1).tolist() == [1] * n
     picked = out.argmax(dim=1)
@@ -183,7 +184,7 @@ def test_temperature_flattens_the_draw():
     n = 4000
     scores = torch.tensor([2.0, 0.0]).repeat(n, 1)
     rngs = [np.random.default_rng(i) for i in range(n)]
-    hot = cp.SeededSampling(rngs, cp._warpers(cp.settings_from_params({"top_p": 1.0, "temperature": 100.0})))
+    hot = cp.SeededSampling(rngs, cp._warpers(CaptionParams.from_params({"top_p": 1.0, "temperature": 100.0})))
     share = (hot(torch.zeros((n, 1), dtype=torch.long), scores).argmax(dim=1) == 0).float().mean().item()
     assert abs(share - 0.5) < 0.03  # exp(2/100) / (1 + exp(2/100)) = 0.505
 
@@ -192,7 +193,7 @@ def test_temperature_flattens_the_draw():
 
 
 def test_no_model_passes_the_table_through_with_a_reason(table):
-    out, rec = cp.caption_table(table, cp.settings_from_params({}), seed=0)
+    out, rec = cp.caption_table(table, CaptionParams.from_params({}), seed=0)
     assert out is table
     assert rec["status"] == "skipped" and "caption.model is null" in rec["reason"]
 

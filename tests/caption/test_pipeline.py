@@ -62,7 +62,7 @@ def test_embedded_default_skips_with_a_reason_and_passes_the_table_through(kedro
 
 
 def test_a_missing_model_stops_the_stage_before_any_caption_is_written(kedro_project, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"caption.model: folder .*nope' does not exist.*docs/real-weights.md"):
+    with pytest.raises(ValueError, match=r"caption.model: image-to-text model .*nope' does not exist.*real-weights.md"):
         run_kedro(kedro_project, ["ingest"], params={**SMALL, "caption": {"model": str(tmp_path / "nope")}})
     assert not (kedro_project / "data/03_primary/training_set.parquet").exists()
 
@@ -105,14 +105,14 @@ def test_classfolders_are_captioned_audited_and_finetuned_with_blip_and_mc(kedro
 def test_base_needs_no_model_and_paper_names_blip_with_20_sampled_captions():
     from kedro.config import OmegaConfigLoader
 
-    from copying_study.data.captioning import settings_from_params
+    from copying_study.schemas import CaptionParams
     from tests.conftest import REPO
 
     def conf(env: str) -> dict:
         return OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env=env)["parameters"]
 
-    assert settings_from_params(conf("base")["caption"]).model is None
-    paper = settings_from_params(conf("paper")["caption"])
+    assert CaptionParams.from_params(conf("base")["caption"]).model is None
+    paper = CaptionParams.from_params(conf("paper")["caption"])
     assert paper.model == "Salesforce/blip-image-captioning-large"
     assert (paper.n_sampled, paper.per_image, paper.decoding, paper.num_beams, paper.top_p) == (20, 21, "beam", 3, 0.9)
     assert conf("paper")["ingest"]["classfolders"]["captions_file"] is None  # Imagenette: captions come from BLIP

@@ -18,6 +18,7 @@ from copying_study.metrics.complexity import (
     score_matches,
 )
 from copying_study.pipelines.complexity_analysis import nodes
+from copying_study.schemas import ComplexityParams
 from copying_study.utils.images import encode_png
 
 PARAMS = {"image_size": 16, "resample": "bicubic", "jpeg_quality": 90, "threshold": 0.6, "n_boot": 200,
@@ -145,21 +146,21 @@ def test_plots_have_a_panel_per_measure_with_the_correlation(training_set):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("resample", "cubic", "complexity.resample must be one of"),
-    ("jpeg_quality", 101, r"complexity.jpeg_quality must be an integer in \[1, 100\]"),
-    ("threshold", "high", "complexity.threshold must be a number"),
-    ("n_boot", 10.5, "complexity.n_boot must be an integer"),
-    ("confidence", 1.0, r"complexity.confidence must be a number in \(0.0, 1.0\)"),
-    ("image_size", True, "complexity.image_size"),
+    ("resample", "cubic", "complexity.resample = 'cubic': expected 'nearest'"),
+    ("jpeg_quality", 101, r"complexity.jpeg_quality = 101: expected a value less than or equal to 100"),
+    ("threshold", "high", r"complexity.threshold = 'high': expected a similarity in \[-1, 1\] or 'calibrated'"),
+    ("n_boot", 10.5, "complexity.n_boot = 10.5: expected an integer"),
+    ("confidence", 1.0, "complexity.confidence = 1.0: expected a value less than 1"),
+    ("image_size", True, "complexity.image_size = True: expected an integer"),
 ])
 def test_bad_parameters_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
-        nodes.validate_params({**PARAMS, key: value})
+        ComplexityParams.from_params({**PARAMS, key: value})
 
 
 def test_unknown_and_missing_parameter_keys():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['treshold'\], missing key\(s\) \['threshold'\]"):
-        nodes.validate_params({**{k: v for k, v in PARAMS.items() if k != "threshold"}, "treshold": 0.6})
+    with pytest.raises(ValueError, match=r"complexity.threshold: missing[^\n]*\n  complexity.treshold: unknown"):
+        ComplexityParams.from_params({**{k: v for k, v in PARAMS.items() if k != "threshold"}, "treshold": 0.6})
 
 
 def test_calibrated_threshold_comes_from_the_descriptor_calibration():

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from kedro.io import DatasetError
@@ -59,3 +61,21 @@ def test_diffusers_dataset_roundtrip(tmp_path):
     assert as_path.endswith("v1/model")
     with pytest.raises(DatasetError, match="save_pretrained"):
         DiffusersPipelineDataset(str(tmp_path / "x"), version=Version(None, "v")).save(object())
+
+
+class BrokenPipeline:
+    """Writes part of a model folder, then fails (a full disk, a kill) in the middle of ``save_pretrained``."""
+
+    def save_pretrained(self, path, safe_serialization=True):
+        (Path(path) / "unet").mkdir(parents=True)
+        (Path(path) / "model_index.json").write_text("{}")
+        raise OSError("No space left on device")
+
+
+def test_diffusers_dataset_save_is_atomic(tmp_path):
+    root = tmp_path / "model"
+    with pytest.raises(DatasetError, match="No space left on device"):
+        DiffusersPipelineDataset(str(root), version=Version(None, "v1")).save(BrokenPipeline())
+    assert not (root / "v1" / "model").exists()  # no half-written version a later run would load as the latest
+    assert list((root / "v1").iterdir()) == []    # and no leftover temporary folder
+    assert not DiffusersPipelineDataset(str(root), version=Version("v1", None)).exists()

@@ -5,6 +5,7 @@ import json
 
 import mlflow
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from copying_study.audit import run_audit
@@ -64,3 +65,21 @@ def test_audit_reports_unknown_run_and_missing_inputs(kedro_project):
     out = io.StringIO()
     assert run_audit("no-such-run", kedro_project, out=out) == 2
     assert "no MLflow run 'no-such-run'" in out.getvalue()
+
+
+def test_a_failed_run_writes_its_manifest_with_the_error(kedro_project, tmp_path):
+    """A run that dies in a node leaves its record: status failed, the error and the node."""
+    folder = tmp_path / "no_metadata"  # exists (so the run starts) but has no metadata file: the ingest node fails
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    with pytest.raises(Exception, match="metadata"):
+        run_kedro(kedro_project, ["ingest"], params={"ingest": {"source": "imagefolder", "path": str(folder)}})
+    (path,) = (kedro_project / "data/08_reporting/run_manifest.json").glob("*/run_manifest.json")
+    manifest = json.loads(path.read_text())
+    assert manifest["status"] == "failed" and manifest["failed_node"] == "ingest_training_set"
+    assert "metadata.csv or metadata.jsonl" in manifest["error"]
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["copying_study"], output_format="list")
+    assert run.info.status == "FAILED"
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert "run_manifest.json" in artifacts

@@ -8,6 +8,7 @@ import pytest
 
 from copying_study.data.embedded import generate_embedded
 from copying_study.pipelines.dedup_clusters import dedup, nodes
+from copying_study.schemas import DedupParams
 from tests.conftest import make_training_set
 
 
@@ -74,7 +75,7 @@ def test_mitigations():
         "cluster_size": np.where(table["planted_cluster"] >= 0, 4, 1),
     })
     clusters["reportable"] = clusters["cluster_size"] >= 3
-    params = dedup.validate_params({"mitigation": "collapse"})
+    params = DedupParams.from_params({"mitigation": "collapse"}).as_dict()
     collapsed = dedup.mitigate(table, clusters, params, seed=0)
     assert len(collapsed) == len(table) - 2 * 3
     assert collapsed.groupby("cluster_id").size().max() == 1
@@ -101,17 +102,18 @@ def test_pair_scores():
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"threshold": 1.2}, "dedup.threshold: threshold must be a cosine similarity in \\[-1, 1\\]"),
-    ({"mitigation": "drop"}, "dedup.mitigation 'drop' is not one of none, collapse, resample_captions"),
-    ({"search": {"index": "annoy"}}, "dedup.search.index 'annoy' is not one of flat, ivf, hnsw"),
-    ({"search": {"nprob": 3}}, "unknown dedup.search keys \\['nprob'\\]"),
-    ({"search": {"backend": "cuda"}}, "dedup.search.backend 'cuda' is not one of faiss, torch, auto"),
-    ({"min_cluster_size": 0}, "dedup.min_cluster_size must be an integer >= 1"),
-    ({"treshold": 0.5}, "unknown parameter dedup.treshold"),
+    ({"threshold": 1.2}, r"dedup.threshold = 1.2: expected a value less than or equal to 1"),
+    ({"mitigation": "drop"}, "dedup.mitigation = 'drop': expected 'none', 'collapse' or 'resample_captions'"),
+    ({"search": {"index": "annoy"}}, "dedup.search.index = 'annoy': expected 'flat', 'ivf', 'hnsw' or 'hash'"),
+    ({"search": {"nprob": 3}}, r"dedup.search.nprob: unknown parameter \(value 3\); allowed keys: index, nlist"),
+    ({"search": {"backend": "cuda"}}, "dedup.search.backend = 'cuda': expected 'faiss', 'torch' or 'auto'"),
+    ({"min_cluster_size": 0}, "dedup.min_cluster_size = 0: expected a value greater than or equal to 1"),
+    ({"treshold": 0.5}, "dedup.treshold: unknown parameter"),
+    ({"threshold": "0.5"}, "dedup.threshold = '0.5': expected a number"),
 ])
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
-        dedup.validate_params(params)
+        DedupParams.from_params(params)
 
 
 def test_bad_tables(embedded, embedded_run):

@@ -296,11 +296,12 @@ def test_evaluate_top_matches_scores_pdq_on_the_hamming_scale(pdq, photos):
 
 def test_find_clusters_with_pdq_marks_quality(pdq, photos):
     from copying_study.pipelines.dedup_clusters import dedup
+    from copying_study.schemas import DedupParams
 
     images = [*photos, jpeg(photos[0], 50), Image.new("RGB", (64, 64), "grey"), Image.new("RGB", (80, 80), "grey")]
     x, rows = pdq.encode_rows(images)
-    params = dedup.validate_params({"descriptor": {"name": "pdq"}, "threshold": MATCH_THRESHOLD,
-                                    "search": {"index": "hash"}, "min_cluster_size": 2})
+    params = DedupParams.from_params({"descriptor": {"name": "pdq"}, "threshold": MATCH_THRESHOLD,
+                                      "search": {"index": "hash"}, "min_cluster_size": 2}).as_dict()
     table = dedup.find_clusters(x, list("abcdef"), params, pdq.meta(), rows)
     assert list(table["cluster_size"]) == [2, 1, 1, 2, 2, 2]  # the copy joins its photo; the two flat images match
     assert list(table["descriptor_low_quality"]) == [False, False, False, False, True, True]

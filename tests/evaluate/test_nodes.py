@@ -13,6 +13,7 @@ from PIL import Image, ImageEnhance
 from copying_study.descriptors import load_descriptor
 from copying_study.metrics import evaluation as ev
 from copying_study.pipelines.evaluate import nodes
+from copying_study.schemas import EvaluateParams
 from copying_study.utils.images import decode_image, encode_png
 from tests.conftest import make_training_set
 
@@ -219,12 +220,16 @@ def test_bad_inputs_raise_clear_errors(training_set, train_descriptors):
         nodes.describe_generations(checked, train_descriptors, {}, "cpu")
     with pytest.raises(ValueError, match="duplicate gen_id"):
         nodes.select_generations(pd.concat([gens, gens.iloc[:1]]), {})
-    with pytest.raises(ValueError, match="unknown evaluate parameter"):
-        nodes.settings({"topk": 3})
-    with pytest.raises(ValueError, match="evaluate.fid"):
-        nodes.settings({"fid": {"inception": "x"}})
-    with pytest.raises(ValueError, match="evaluate.k"):
-        nodes.settings({"k": 0})
+    with pytest.raises(ValueError, match="evaluate.topk: unknown parameter"):
+        EvaluateParams.from_params({"topk": 3})
+    with pytest.raises(ValueError, match="evaluate.fid.inception: unknown parameter"):
+        EvaluateParams.from_params({"fid": {"inception": "x"}})
+    with pytest.raises(ValueError, match="evaluate.k = 0: expected a value greater than or equal to 1"):
+        EvaluateParams.from_params({"k": 0})
+    with pytest.raises(ValueError, match="evaluate.k = 'ten': expected an integer"):
+        EvaluateParams.from_params({"k": "ten"})
+    with pytest.raises(ValueError, match="evaluate.bootstrap = 5: expected a mapping with keys n_boot, confidence"):
+        EvaluateParams.from_params({"bootstrap": 5})
     with pytest.raises(ValueError, match="training_record"):
         nodes.finetune_info({"steps": 3}, {})
 

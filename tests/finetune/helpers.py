@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from copying_study.diffusion.train import FinetuneSettings, settings_from_params
+from copying_study.schemas import FinetuneParams
 
 TEST_TINY: dict[str, Any] = {
     "latent_factor": 2,
@@ -19,7 +19,7 @@ TEST_TINY: dict[str, Any] = {
 }
 
 
-def small(**overrides: Any) -> FinetuneSettings:
+def small(**overrides: Any) -> FinetuneParams:
     """Validated settings of a few-step run of the test model (``overrides`` are ``finetune.*`` parameters)."""
     params: dict[str, Any] = {
         "tiny": TEST_TINY, "resolution": 16, "steps": 4, "batch_size": 4, "learning_rate": 1e-3,
@@ -27,4 +27,4 @@ def small(**overrides: Any) -> FinetuneSettings:
         "duplication": "none", "ddf": 1.0, "train_text_encoder": False, "sample_every": 0, "checkpoint_every": 0,
     }
     params.update(overrides)
-    return settings_from_params(params)
+    return FinetuneParams.from_params(params)

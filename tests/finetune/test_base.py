@@ -80,10 +80,11 @@ def test_the_base_is_built_once_bit_identically_and_then_reused(tmp_path):
 
 @pytest.mark.slow
 def test_a_finetune_from_the_embedded_base_records_it(tmp_path):
-    from copying_study.diffusion.train import settings_from_params, train
+    from copying_study.diffusion.train import train
+    from copying_study.schemas import FinetuneParams
     from tests.conftest import make_training_set
 
-    s = settings_from_params({"base_model": "embedded", "embedded_base": TINY_BASE,
+    s = FinetuneParams.from_params({"base_model": "embedded", "embedded_base": TINY_BASE,
                               "embedded_base_dir": str(tmp_path), "steps": 2, "batch_size": 4,
                               "sample_every": 0, "sample_prompts": 0, "checkpoint_every": 0, "resolution": 32})
     result = train(make_training_set(n=8), s, 0, torch.device("cpu"))

@@ -10,16 +10,16 @@ import torch
 import yaml
 
 from copying_study.diffusion.models import PixelShuffleAutoencoder, load_pipeline, weights_checksum
-from copying_study.diffusion.train import settings_from_params
 from copying_study.pipelines.finetune import nodes
 from copying_study.pipelines.finetune.pipeline import create_pipeline
+from copying_study.schemas import FinetuneParams
 from tests.conftest import REPO, make_training_set, run_kedro
 from tests.finetune.helpers import TEST_TINY
 
 
 def test_pipeline_shape():
     pipe = create_pipeline()
-    assert pipe.inputs() == {"finetune_set", "params:finetune", "params:seed", "params:device"}
+    assert pipe.inputs() == {"finetune_set", "params:finetune", "params:seed", "params:device", "kedro_run_id"}
     assert pipe.outputs() == {"finetuned_model", "training_record", "finetune_metrics", "finetune_sample_grids"}
 
 
@@ -31,9 +31,9 @@ def conf(env: str) -> dict:
 
 
 def test_base_and_paper_configs_validate_without_weights():
-    base = settings_from_params(conf("base")["finetune"])
+    base = FinetuneParams.from_params(conf("base")["finetune"])
     assert base.base_model == "tiny" and base.train_text_encoder and base.duplication == "full"
-    paper = settings_from_params(conf("paper")["finetune"])
+    paper = FinetuneParams.from_params(conf("paper")["finetune"])
     assert paper.base_model == "stabilityai/stable-diffusion-2-1"
     assert (paper.resolution, paper.batch_size, paper.steps) == (256, 16, 100_000)
     assert (paper.learning_rate, paper.lr_warmup_steps, paper.lr_schedule) == (5e-6, 10_000, "constant_with_warmup")
@@ -47,7 +47,7 @@ def test_paper_config_fails_clearly_only_when_run_without_weights(monkeypatch, t
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     params = conf("paper")["finetune"]
     with pytest.raises(FileNotFoundError, match="stable-diffusion-2-1.*not in the local cache.*real-weights"):
-        nodes.finetune_model(make_training_set(n=4, size=16), params, 0, "cpu")
+        nodes.finetune_model(make_training_set(n=4, size=16), params, 0, "cpu", "a-run-id")
 
 
 def write_finetune_set(project: Path, table) -> None:
@@ -80,7 +80,7 @@ def test_pipeline_trains_saves_a_loadable_model_record_metrics_and_grids(kedro_p
     write_finetune_set(project, table)
     params = {
         "tiny": TEST_TINY, "resolution": 16, "steps": 6, "batch_size": 4, "log_every": 2, "sample_every": 3,
-        "sample_prompts": 2, "sample_steps": 2, "checkpoint_every": 0, "duplication": "full", "dup_fraction": 0.2,
+        "sample_prompts": 2, "sample_steps": 2, "checkpoint_every": 3, "duplication": "full", "dup_fraction": 0.2,
         "ddf": 4, "mitigation": "rt",
     }
     run_kedro(project, ["finetune"], params={"seed": 5, "device": "cpu", "finetune": params})
@@ -94,6 +94,8 @@ def test_pipeline_trains_saves_a_loadable_model_record_metrics_and_grids(kedro_p
     assert record["components"]["vae"] == "PixelShuffleAutoencoder"
     assert record["checksums"]["base"] != record["checksums"]["finetuned"]
     assert record["settings"]["tiny"]["unet_channels"] == [32, 32]
+    assert record["resumed_from_step"] is None
+    assert not list((project / "data/06_models/finetune_checkpoints").rglob("*.pt"))  # the completed run cleaned up
 
     folder = latest(project, "data/06_models/finetuned_model")
     pipe = load_pipeline(str(folder))

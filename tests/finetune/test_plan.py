@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from copying_study.data.captions import FIXED_CAPTION
-from copying_study.diffusion.train import draw_step, make_plan, settings_from_params
+from copying_study.diffusion.train import draw_step, make_plan
+from copying_study.schemas import FinetuneParams
 from tests.conftest import make_training_set
 from tests.finetune.helpers import small
 
@@ -176,24 +177,24 @@ def test_draws_are_a_function_of_seed_and_step_only(table):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"caption_type": "blipp"}, "caption_type='blipp' is invalid: choose one of fixed, class, original"),
-        ({"mitigation": "dropout"}, "mitigation='dropout' is invalid: choose one of none, mc, gn"),
-        ({"duplication": "half"}, "duplication='half' is invalid"),
-        ({"ddf": 0.5}, "ddf=0.5 is invalid: must be >= 1"),
+        ({"caption_type": "blipp"}, "finetune.caption_type = 'blipp': expected 'fixed', 'class', 'original'"),
+        ({"mitigation": "dropout"}, "finetune.mitigation = 'dropout': expected 'none', 'mc', 'gn'"),
+        ({"duplication": "half"}, "finetune.duplication = 'half': expected"),
+        ({"ddf": 0.5}, "finetune.ddf = 0.5: expected a value greater than or equal to 1"),
         ({"dup_fraction": 0.0}, "dup_fraction"),
-        ({"steps": 0}, "steps=0 is invalid"),
+        ({"steps": 0}, "finetune.steps = 0: expected a value greater than or equal to 1"),
         ({"mitigation_prob": 1.5}, "mitigation_prob"),
         ({"learning_rate": 0}, "learning_rate"),
-        ({"train_text_encoder": "yes"}, "train_text_encoder='yes' is invalid: use true or false"),
-        ({"batch_size": 2.5}, "batch_size=2.5 is invalid: use an integer"),
-        ({"stepz": 3}, "unknown finetune parameter"),
+        ({"train_text_encoder": "yes"}, "finetune.train_text_encoder = 'yes': expected true or false"),
+        ({"batch_size": 2.5}, "finetune.batch_size = 2.5: expected an integer"),
+        ({"stepz": 3}, "finetune.stepz: unknown parameter"),
         ({"duplication": "partial", "caption_type": "fixed"}, "needs caption_type original or blip"),
         ({"base_model": ""}, "base_model"),
     ],
 )
 def test_bad_parameters_fail_with_the_key_and_allowed_values(params, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        settings_from_params(params)
+        FinetuneParams.from_params(params)
 
 
 def test_bad_tables_fail_before_training(table):

@@ -3,6 +3,7 @@ checkpoint/resume, and errors before training."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from copying_study.diffusion.train import (
     encode_latents,
     latest_checkpoint,
     make_plan,
+    save_checkpoint,
     train,
 )
 from tests.conftest import make_training_set
@@ -121,13 +123,13 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_weights(table, tmp_p
 
     s = small(**common, checkpoint_dir=str(tmp_path / "ckpt"))
     with pytest.raises(KeyboardInterrupt):
-        train(table, s, SEED, CPU, observer=Recorder(stop_at=5))  # dies during step 6 of 6
-    folder = next((tmp_path / "ckpt").iterdir())
+        train(table, s, SEED, CPU, observer=Recorder(stop_at=5), run_id="r1")  # dies during step 6 of 6
+    folder = next((tmp_path / "ckpt" / "r1").iterdir())
     assert sorted(p.name for p in folder.iterdir()) == ["step_000000002.pt", "step_000000004.pt"]
     assert latest_checkpoint(folder).name == "step_000000004.pt"
 
     rec = Recorder()
-    resumed = train(table, s, SEED, CPU, observer=rec)
+    resumed = train(table, s, SEED, CPU, observer=rec, run_id="r1")  # the same run (e.g. the node retried)
     assert resumed.resumed_from == 4 and resumed.steps_run == 2
     assert [b.step for b in rec.batches] == [4, 5]
     for name, module in (("unet", "unet"), ("text_encoder", "text_encoder")):
@@ -137,16 +139,50 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_weights(table, tmp_p
     assert resumed.final_checksum == reference.final_checksum
     assert resumed.loss_history == reference.loss_history
     assert np.array_equal(resumed.samples_per_image, reference.samples_per_image)
+    assert not (tmp_path / "ckpt" / "r1").exists()  # completed: its checkpoints are gone
+
+
+def test_another_run_resumes_only_a_checkpoint_it_names(table, tmp_path: Path):
+    s = small(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path))
+    complete = train(table, s, SEED, CPU, run_id="a")
+    assert not list(tmp_path.rglob("*")) and complete.resumed_from is None  # a completed run leaves nothing
+    with pytest.raises(KeyboardInterrupt):
+        train(table, s, SEED, CPU, observer=Recorder(stop_at=3), run_id="killed")
+    (left,) = tmp_path.rglob("step_*.pt")
+    again = train(table, s, SEED, CPU, run_id="b")  # an identical run: starts from the base model, silently nothing
+    assert again.resumed_from is None and again.steps_run == 4 and again.final_checksum == complete.final_checksum
+    named = train(table, s.model_copy(update={"resume_from": str(left)}), SEED, CPU, run_id="c")
+    assert named.resumed_from == 2 and named.steps_run == 2 and named.resumed_checkpoint == str(left)
+    assert named.final_checksum == complete.final_checksum
+    assert list(tmp_path.rglob("step_*.pt")) == [left]  # the named checkpoint is the user's: kept
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(table, tmp_path: Path):
     s = small(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path))
     with pytest.raises(KeyboardInterrupt):
-        train(table, s, SEED, CPU, observer=Recorder(stop_at=3))
-    other = train(table, small(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path), learning_rate=2e-3),
-                  SEED, CPU)
-    assert other.resumed_from is None
-    assert len(list(tmp_path.iterdir())) == 2  # one folder per run fingerprint
+        train(table, s, SEED, CPU, observer=Recorder(stop_at=3), run_id="a")
+    (left,) = tmp_path.rglob("step_*.pt")
+    other = small(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path), learning_rate=2e-3,
+                  resume_from=str(left))
+    with pytest.raises(ValueError, match="fingerprint mismatch"):
+        train(table, other, SEED, CPU, run_id="b")
+
+
+def test_checkpoint_temporary_files_are_unique_per_writer(tmp_path: Path, monkeypatch):
+    """Two identical runs at once write the same step: each writes its own temporary file, then renames it."""
+    written = []
+    real_save = torch.save
+
+    def spy(obj, path):
+        written.append(Path(path).name)
+        real_save(obj, path)
+
+    monkeypatch.setattr(torch, "save", spy)
+    save_checkpoint(tmp_path, 2, {"step": 2}, keep=1)
+    save_checkpoint(tmp_path, 2, {"step": 2}, keep=1)
+    assert len(set(written)) == 2 and all(name.startswith("step_000000002.pt.") for name in written)
+    assert all(f".{os.getpid()}." in name for name in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000002.pt"]
 
 
 def test_missing_base_model_fails_before_training(table, tmp_path: Path):
@@ -159,6 +195,15 @@ def test_missing_base_model_fails_before_training(table, tmp_path: Path):
         train(table.iloc[:0], small(), SEED, CPU, observer=rec)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         train(table, small(mixed_precision="bf16"), SEED, CPU, observer=rec)
+    assert rec.batches == []
+
+
+def test_an_undecodable_image_is_named_by_its_image_id(table):
+    broken = table.copy()
+    broken.loc[5, "image"] = b"\x89PNG\r\n\x1a\n not an image"
+    rec = Recorder()
+    with pytest.raises(ValueError, match=f"finetune_set image_id '{broken.loc[5, 'image_id']}' cannot be decoded"):
+        train(broken, small(), SEED, CPU, observer=rec)
     assert rec.batches == []
 
 

@@ -23,9 +23,9 @@ from copying_study.diffusion.sample import (
 from copying_study.pipelines.generate.nodes import (
     generate_images,
     generate_images_from_model,
+    generate_settings,
     plan_generations,
     plot_generations_grid,
-    validate_params,
 )
 from copying_study.utils.images import decode_image
 
@@ -101,33 +101,34 @@ def test_class_prompts_and_expansion():
 @pytest.mark.parametrize(
     ("over", "match"),
     [
-        ({"mitigation": "blur"}, "generate.mitigation must be one of none, gn, rt"),
-        ({"n_images": 0}, "generate.n_images must be an integer >= 1"),
-        ({"scheduler": "lms"}, "generate.scheduler must be one of"),
+        ({"mitigation": "blur"}, "generate.mitigation = 'blur': expected 'none', 'gn', 'rc'"),
+        ({"n_images": 0}, "generate.n_images = 0: expected a value greater than or equal to 1"),
+        ({"scheduler": "lms"}, "generate.scheduler = 'lms': expected one of ddim"),
         ({"prompts": "file"}, "prompts_file is not set"),
-        ({"prompts": "web"}, "generate.prompts must be one of training, file, class"),
-        ({"strengths": {"p": 2}}, r"generate.strengths.p must be a number in \[0.0, 1.0\]"),
+        ({"prompts": "web"}, "generate.prompts = 'web': expected one of training, file, class"),
+        ({"strengths": {"p": 2}}, "generate.strengths.p = 2: expected a value less than or equal to 1"),
         ({"copy_guard": {"max_tries": 0}}, "generate.copy_guard.max_tries"),
-        ({"bogus": 1}, r"unknown key\(s\) \['bogus'\]"),
+        ({"copy_guard": {"enabled": "false"}}, "generate.copy_guard.enabled = 'false': expected true or false"),
+        ({"bogus": 1}, "generate.bogus: unknown parameter"),
     ],
 )
 def test_bad_parameters_name_the_key(over, match):
     with pytest.raises(ValueError, match=match):
-        validate_params(params(**over))
+        generate_settings(params(**over))
 
 
 def test_conf_files_validate():
-    validate_params(BASE)
+    generate_settings(BASE)
     paper = yaml.safe_load((REPO / "conf/paper/parameters_generate.yml").read_text())["generate"]
-    p = validate_params(paper)
+    p = generate_settings(paper)
     assert (p["n_images"], p["steps"], p["guidance"], p["resolution"]) == (4000, 50, 7.5, 256)
 
 
 # -- plan -------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["none", "gn", "rt", "cwr", "rna", "rc"])
 def test_plan_changes_only_what_the_mitigation_should(name):
-    plan, _, _ = plan_generations(RECORD, validate_params(params(n_images=30, mitigation=name)), seed=0)
-    base, _, _ = plan_generations(RECORD, validate_params(params(n_images=30)), seed=0)
+    plan, _, _ = plan_generations(RECORD, generate_settings(params(n_images=30, mitigation=name)), seed=0)
+    base, _, _ = plan_generations(RECORD, generate_settings(params(n_images=30)), seed=0)
     for col in ("gen_id", "original_prompt", "seed", "source_image_id"):  # untouched by any mitigation
         assert plan[col].tolist() == base[col].tolist()
     vocab = set(RECORD["vocabulary"])
@@ -148,13 +149,13 @@ def test_plan_changes_only_what_the_mitigation_should(name):
     assert set(plan["gn_lambda"]) == ({0.1} if name == "gn" else {0.0})
     if name not in ("none", "gn"):
         assert (plan["prompt"] != plan["original_prompt"]).mean() > 0.5
-        again, _, _ = plan_generations(RECORD, validate_params(params(n_images=30, mitigation=name)), seed=0)
+        again, _, _ = plan_generations(RECORD, generate_settings(params(n_images=30, mitigation=name)), seed=0)
         assert again["prompt"].tolist() == plan["prompt"].tolist()  # every choice seeded
 
 
 def test_plan_without_vocabulary_falls_back_loudly(caplog):
     record = {k: v for k, v in RECORD.items() if k != "vocabulary"}
-    _, vocab, fallbacks = plan_generations(record, validate_params(params(n_images=4, mitigation="rt")), seed=0)
+    _, vocab, fallbacks = plan_generations(record, generate_settings(params(n_images=4, mitigation="rt")), seed=0)
     assert vocab and fallbacks and "no vocabulary" in fallbacks[0]
     assert "no vocabulary" in caplog.text
 

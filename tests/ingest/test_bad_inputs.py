@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from copying_study.data.ingest import IngestError, ingest, validate_params
+from copying_study.data.ingest import IngestError, ingest
 from copying_study.data.readers import REJECT_REASONS
 from copying_study.data.table import REJECT_COLUMNS
 from tests.ingest.builders import encoded, photo, write_imagefolder, write_metadata, write_tar
@@ -105,19 +105,19 @@ def test_invalid_metadata_line_and_escaping_file_name(tmp_path):
 
 def test_errors_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        validate_params({"source": "imagefolder", "path": str(tmp_path / "nope")})
+        ingest({"source": "imagefolder", "path": str(tmp_path / "nope")}, 0)
     with pytest.raises(ValueError, match="ingest.path is required"):
-        validate_params({"source": "parquet"})
-    with pytest.raises(ValueError, match="ingest.source 'laion' is unknown"):
-        validate_params({"source": "laion", "path": str(tmp_path)})
-    with pytest.raises(ValueError, match="ingest.on_error"):
-        validate_params({"on_error": "ignore"})
-    with pytest.raises(ValueError, match="ingest.resolution"):
-        validate_params({"resolution": "big"})
-    with pytest.raises(ValueError, match=r"ingest\.imagefolder\.caption_col"):
-        validate_params({"imagefolder": {"caption_col": "text"}})
-    with pytest.raises(ValueError, match="unknown parameter"):
-        validate_params({"sourse": "embedded"})
+        ingest({"source": "parquet"}, 0)
+    with pytest.raises(ValueError, match="ingest.source = 'laion': expected 'embedded'"):
+        ingest({"source": "laion", "path": str(tmp_path)}, 0)
+    with pytest.raises(ValueError, match="ingest.on_error = 'ignore'"):
+        ingest({"on_error": "ignore"}, 0)
+    with pytest.raises(ValueError, match="ingest.resolution = 'big': expected an integer"):
+        ingest({"resolution": "big"}, 0)
+    with pytest.raises(ValueError, match=r"ingest\.imagefolder\.caption_col: unknown parameter"):
+        ingest({"imagefolder": {"caption_col": "text"}}, 0)
+    with pytest.raises(ValueError, match="ingest.sourse: unknown parameter"):
+        ingest({"sourse": "embedded"}, 0)
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "notes.txt").write_text("no images here")
@@ -157,7 +157,7 @@ def test_classfolders_bad_inputs(tmp_path):
     expect(tmp_path, "classfolders", root, "dog/1.png", "empty_caption", captions_file=str(caps))
     caps.write_text(json.dumps({"dog/0.png": ["a dog"]}))
     expect(tmp_path, "classfolders", root, "dog/1.png", "missing_caption", captions_file=str(caps))
-    with pytest.raises(ValueError, match="captions_file 'nope.json' not found"):
+    with pytest.raises(ValueError, match="ingest.classfolders.captions_file: 'nope.json' does not exist"):
         run("classfolders", root, captions_file="nope.json")
 
 

@@ -20,13 +20,22 @@ from copying_study.study import (
 )
 from tests.conftest import REPO
 
+
+def _conf() -> dict:
+    from kedro.config import OmegaConfigLoader
+
+    return OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="base")["parameters"]
+
+
+CONF = _conf()
 BASE = {
     "seed": 0,
-    "finetune": {"duplication": "full", "ddf": 10, "steps": 800, "caption_type": "original", "mitigation": "none",
-                 "tiny": {"unet_channels": [64, 128], "latent_factor": 4}},
-    "generate": {"n_images": 160, "mitigation": "none", "strengths": {"p": 1.0, "n": 2}},
-    "evaluate": {"k": 10, "bootstrap": {"n_boot": 1000, "confidence": 0.95}},
-    "complexity": {"threshold": 0.6, "n_boot": 1000},
+    "finetune": {**CONF["finetune"], "duplication": "full", "ddf": 10, "steps": 800, "caption_type": "original",
+                 "mitigation": "none", "tiny": {"unet_channels": [64, 128], "latent_factor": 4}},
+    "generate": {**CONF["generate"], "n_images": 160, "mitigation": "none",
+                 "strengths": {**CONF["generate"]["strengths"], "p": 1.0, "n": 2}},
+    "evaluate": {**CONF["evaluate"], "k": 10, "bootstrap": {"n_boot": 1000, "confidence": 0.95}},
+    "complexity": {**CONF["complexity"], "threshold": 0.6, "n_boot": 1000},
 }
 STUDY = {
     "seeds": [0, 3],
@@ -69,7 +78,7 @@ def test_inference_cell_inherits_its_train_cell_then_applies_its_own():
     p = cell_parameters(params(), cell)
     assert p["finetune"]["ddf"] == 5                    # same settings as the model it samples
     assert p["generate"]["n_images"] == 20 and p["generate"]["mitigation"] == "rt"
-    assert p["generate"]["strengths"] == {"p": 1.0, "n": 4}
+    assert (p["generate"]["strengths"]["p"], p["generate"]["strengths"]["n"]) == (1.0, 4)
     assert p["cell"]["from_namespace"] == "full_ddf5__s0"
 
 
@@ -78,25 +87,30 @@ def test_deep_merge_replaces_lists_and_scalars():
 
 
 @pytest.mark.parametrize("study, match", [
-    ({**STUDY, "seed": [0]}, r"study: unknown key\(s\) \['seed'\]"),
-    ({**STUDY, "seeds": []}, "study.seeds must be a non-empty list"),
+    ({**STUDY, "seed": [0]}, "study.seed: unknown parameter"),
+    ({**STUDY, "seeds": []}, r"study.seeds = \[\]: expected at least 1 item"),
     ({**STUDY, "seeds": [0, 0]}, "distinct"),
-    ({**STUDY, "train_cells": {}}, "train_cells is empty"),
+    ({**STUDY, "seeds": [0, "1"]}, r"study.seeds\[1\] = '1': expected an integer"),
+    ({**STUDY, "train_cells": {}}, r"study.train_cells = \{\}: expected at least 1 item"),
     ({**STUDY, "train_cells": {"full-ddf5": {}}}, "'full-ddf5' is not allowed"),
     ({**STUDY, "train_cells": {"a__s1": {}}}, "'a__s1' is not allowed"),
-    ({**STUDY, "train_cells": {"x": {"finetun": {}}}}, r"study.train_cells.x: unknown key\(s\) \['finetun'\]"),
+    ({**STUDY, "train_cells": {"x": {"finetun": {}}}}, "study.train_cells.x.finetun: unknown parameter"),
     ({**STUDY, "inference_cells": {"y": {"from": "nope"}}}, "inference_cells.y.from must name a train cell"),
-    ({**STUDY, "inference_cells": {"y": {"from": "nodup", "finetune": {}}}}, r"unknown key\(s\) \['finetune'\]"),
-    ({**STUDY, "shared": {"generate": 3}}, "study.shared.generate must be a mapping"),
+    ({**STUDY, "inference_cells": {"y": {"from": "nodup", "finetune": {}}}},
+     "study.inference_cells.y.finetune: unknown parameter"),
+    ({**STUDY, "shared": {"generate": 3}}, "study.shared.generate = 3: expected a mapping"),
 ])
 def test_bad_grids_are_rejected_naming_the_key(study, match):
     with pytest.raises(ValueError, match=match):
         expand_grid(study)
 
 
-def test_unknown_stage_parameter_is_rejected_naming_its_path():
+def test_unknown_or_mistyped_stage_parameter_of_a_cell_is_rejected_naming_its_path():
     study = {**STUDY, "train_cells": {"x": {"finetune": {"dddf": 3}}}, "inference_cells": {}}
-    with pytest.raises(ValueError, match=r"study.train_cells.x.finetune: \['dddf'\] not parameter"):
+    with pytest.raises(ValueError, match=r"study cell x__s0: finetune.dddf: unknown parameter"):
+        cell_parameters(params(study), expand_grid(study)[0])
+    study = {**STUDY, "train_cells": {"x": {"generate": {"copy_guard": {"enabled": "false"}}}}, "inference_cells": {}}
+    with pytest.raises(ValueError, match=r"study cell x__s0: generate.copy_guard.enabled = 'false': expected true"):
         cell_parameters(params(study), expand_grid(study)[0])
 
 

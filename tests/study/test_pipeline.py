@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from copying_study.study import SECTIONS
+from tests.conftest import REPO
 from tests.finetune.helpers import TEST_TINY
 
 GRID = {"study": {
@@ -104,7 +105,7 @@ def test_study_runs_the_grid_writes_results_report_and_a_nested_mlflow_run_per_c
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
     assert sorted(children["tags.study.cell"]) == ["full_ddf5", "full_ddf5_rt"]
     child = children[children["tags.study.cell"] == "full_ddf5_rt"].iloc[0]
-    assert child["params.generate.mitigation"] == "rt" and child["params.finetune.ddf"] == "5"
+    assert child["params.generate.mitigation"] == "rt" and child["params.finetune.ddf"] == "5.0"
     assert child["metrics.dataset_similarity"] == pytest.approx(rt["dataset_similarity"])
     assert set(results["mlflow_run_id"]) == set(children["run_id"])
     assert "metrics.full_ddf5__s3.train_loss" in parent.columns  # the lead's hook prefixes namespaced metrics
@@ -120,3 +121,55 @@ def test_an_invalid_grid_fails_only_the_study_run_naming_the_key(study_project):
     assert latest(study_project, "data/03_primary/training_set.parquet").exists()
     with pytest.raises(ValueError, match="'full-ddf5' is not allowed"):
         run_kedro(study_project, ["study"], params=small)
+
+
+ALT_GRID = {"study": {
+    "seeds": [5],
+    "train_cells": {"other_ddf3": {"finetune": {"duplication": "full", "ddf": 3}}},
+    "inference_cells": {"other_rt": {"from": "other_ddf3", "generate": {"mitigation": "rt"}}},
+}}
+
+
+def test_env_alone_builds_that_envs_grid(study_project, monkeypatch):
+    """``kedro run --env alt --pipelines=study`` builds conf/alt's grid (KEDRO_ENV is not set by --env)."""
+    from kedro.framework.project import pipelines
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    monkeypatch.delenv("KEDRO_ENV", raising=False)
+    (study_project / "conf" / "alt").mkdir()
+    (study_project / "conf" / "alt" / "parameters_study.yml").write_text(yaml.safe_dump(ALT_GRID))
+    bootstrap_project(study_project)
+    with KedroSession.create(project_path=study_project, env="alt") as session:
+        session.run(pipeline_names=["study"], node_names=["ingest_training_set"])  # one cheap node is enough
+    pipe = pipelines["study"]
+    assert {n.namespace for n in pipe.nodes if n.namespace} == {"other_ddf3__s5", "other_rt__s5"}
+    rt_generate = [n for n in pipe.nodes if n.name == "other_rt__s5.generate_images"][0]
+    assert "other_ddf3__s5.finetuned_model" in rt_generate.inputs
+
+
+def test_a_pipeline_built_from_another_grid_stops_before_its_first_node(study_project):
+    """The issue's case: the base grid built, the paper's params:study in the run — every base cell name exists in
+    the paper grid, but infer_rt samples full_ddf10's model where the paper says full_ddf5."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from copying_study.pipelines.study.hooks import StudyParamsHooks
+    from copying_study.pipelines.study.pipeline import study_pipeline
+    from copying_study.run_checks import RunCheckError
+    from copying_study.study import expand_grid
+
+    def grid(env: str) -> dict:
+        return OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env=env)["parameters"]["study"]
+
+    built = study_pipeline(expand_grid(grid("base")))
+    catalog = DataCatalog()
+    catalog["params:study"] = grid("paper")
+    with pytest.raises(RunCheckError) as caught:
+        StudyParamsHooks().before_pipeline_run({}, built, catalog)
+    text = str(caught.value)
+    assert "inference cell infer_rt__s0 samples ['full_ddf10__s0.finetuned_model'] but params:study says from: " \
+           "full_ddf5" in text
+    assert "misses ['study_cell_caption_class__s2'" in text  # the paper's third seed
+    catalog["params:study"] = grid("base")
+    StudyParamsHooks().before_pipeline_run({}, built, catalog)  # the matching grid passes

@@ -22,13 +22,11 @@ nothing is downloaded. Its id, revision, model class and the sha256 of its weigh
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import pandas as pd
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from copying_study.schemas.caption import CaptionParams
 from copying_study.utils.device import describe_device, pick_device
 from copying_study.utils.images import decode_image
 from copying_study.utils.progress import progress
@@ -45,98 +44,8 @@ from copying_study.utils.seeding import numpy_rng
 logger = logging.getLogger(__name__)
 
 BLIP_COLUMN = "blip_captions"
-DECODINGS = ("beam", "greedy")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DOCS = "docs/real-weights.md"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# settings
-
-
-@dataclass(frozen=True)
-class CaptionSettings:
-    """The ``caption:`` parameters, validated (docs/caption.md describes each one)."""
-
-    model: str | None = None
-    revision: str | None = None
-    prompt: str | None = None
-    n_sampled: int = 4
-    decoding: str = "beam"
-    num_beams: int = 3
-    max_new_tokens: int = 30
-    min_new_tokens: int = 1
-    top_p: float = 0.9
-    top_k: int = 0
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
-    sample_repetition_penalty: float = 1.0
-    batch_size: int = 8
-    half: bool | None = None
-
-    @property
-    def per_image(self) -> int:
-        """Captions per image: the deterministic one + the sampled ones."""
-        return 1 + self.n_sampled
-
-    def generation(self) -> dict[str, Any]:
-        """The settings that decide the captions (recorded with them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("model", "revision", "batch_size", "half")}
-
-
-def _bad(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"caption.{key}={value!r} is invalid: {allowed}")
-
-
-def settings_from_params(params: Mapping[str, Any] | None) -> CaptionSettings:
-    """Validate the ``caption:`` parameter dict (unknown keys, types, ranges) and return typed settings.
-
-    Nothing is loaded, so a configuration validates on a machine without the model."""
-    params = dict(params or {})
-    names = [f.name for f in dataclasses.fields(CaptionSettings)]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise ValueError(f"unknown caption parameter(s) {unknown}; allowed: {', '.join(names)}")
-    defaults = CaptionSettings()
-    values: dict[str, Any] = {}
-    for name in names:
-        default, value = getattr(defaults, name), params.get(name, getattr(defaults, name))
-        if name in ("model", "revision", "prompt"):
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise _bad(name, value, "use a non-empty string or null")
-            value = value.strip() if isinstance(value, str) else None
-        elif name == "half":
-            if value is not None and not isinstance(value, bool):
-                raise _bad(name, value, "use true, false or null (null = half precision on CUDA)")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-                raise _bad(name, value, "use an integer")
-            value = int(value)
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise _bad(name, value, "use a finite number")
-            value = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise _bad(name, value, "use a string")
-        values[name] = value
-    s = CaptionSettings(**values)
-    if s.decoding not in DECODINGS:
-        raise _bad("decoding", s.decoding, f"choose one of {', '.join(DECODINGS)}")
-    for key, low in (("n_sampled", 0), ("num_beams", 1), ("max_new_tokens", 1), ("min_new_tokens", 0),
-                     ("top_k", 0), ("batch_size", 1)):
-        if getattr(s, key) < low:
-            raise _bad(key, getattr(s, key), f"must be >= {low}")
-    if s.min_new_tokens > s.max_new_tokens:
-        raise _bad("min_new_tokens", s.min_new_tokens, f"must be <= max_new_tokens ({s.max_new_tokens})")
-    if not 0.0 < s.top_p <= 1.0:
-        raise _bad("top_p", s.top_p, "must be in (0, 1]")
-    if s.temperature <= 0:
-        raise _bad("temperature", s.temperature, "must be > 0")
-    for key in ("repetition_penalty", "sample_repetition_penalty"):
-        if getattr(s, key) <= 0:
-            raise _bad(key, getattr(s, key), "must be > 0")
-    return s
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,7 +158,7 @@ class SeededSampling(LogitsProcessor):
         return out.scatter_(1, picked, 0.0)
 
 
-def _warpers(s: CaptionSettings) -> Any:
+def _warpers(s: CaptionParams) -> Any:
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     warpers = LogitsProcessorList()
@@ -273,7 +182,7 @@ class Captioner:
     captions per image, deterministic first.
     """
 
-    def __init__(self, settings: CaptionSettings, device: str | torch.device = "auto") -> None:
+    def __init__(self, settings: CaptionParams, device: str | torch.device = "auto") -> None:
         if settings.model is None:
             raise ValueError("caption.model is null: give a local image-to-text model folder or a cached Hugging "
                              f"Face id ({DOCS})")
@@ -358,14 +267,14 @@ class Captioner:
         return out
 
 
-def has_requested_captions(table: pd.DataFrame, s: CaptionSettings) -> bool:
+def has_requested_captions(table: pd.DataFrame, s: CaptionParams) -> bool:
     """Whether every row already carries at least ``1 + n_sampled`` ``blip_captions``."""
     if BLIP_COLUMN not in table.columns:
         return False
     return all(caps is not None and len(caps) >= s.per_image for caps in table[BLIP_COLUMN])
 
 
-def caption_table(table: Any, s: CaptionSettings, seed: int, device: str | torch.device = "auto"
+def caption_table(table: Any, s: CaptionParams, seed: int, device: str | torch.device = "auto"
                   ) -> tuple[Any, dict[str, Any]]:
     """``table`` with a ``blip_captions`` column (``1 + n_sampled`` captions per row, deterministic first) and a
     record of what made them; or ``table`` unchanged and a record saying why it was skipped.

@@ -24,12 +24,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from copying_study.utils.seeding import python_rng
 
 CAPTION_TYPES = ("fixed", "class", "original", "blip", "random")
-TEXT_MITIGATIONS = ("mc", "rc", "rt", "cwr", "rna")
-TRAIN_MITIGATIONS = ("none", "mc", "gn", "rc", "rt", "cwr", "rna")
-INFERENCE_MITIGATIONS = ("none", "gn", "rt", "cwr", "rna", "rc")
+TEXT_MITIGATIONS = ("rc", "rt", "cwr", "rna")
+"""Mitigations that rewrite a caption's text (train time and inference time alike)."""
+TRAIN_MITIGATIONS = ("none", "mc", "gn", *TEXT_MITIGATIONS)
+"""Train-time mitigations: ``mc`` draws from the image's alternatives, ``gn`` noises the text embedding."""
+INFERENCE_MITIGATIONS = ("none", "gn", *TEXT_MITIGATIONS)
+"""Inference-time mitigations (a prompt has no alternatives, so no ``mc``)."""
 
 FIXED_CAPTION = "An image"
 _WORD = re.compile(r"[a-z][a-z'-]*")
+CAPTIONLESS_TYPES = ("fixed", "class", "random")
+"""Caption types that need no caption in the data (uncaptioned class folders use these)."""
+
+FALLBACK_WORDS: tuple[str, ...] = tuple(sorted(set("""
+apple arch autumn ball beach bench bicycle bird boat book bottle bread bridge building bus cake camera car castle
+cat chair church city cliff clock cloud coast coffee cup desert dog door dress fence field fish flower forest
+fountain fruit garden gate glass grass guitar hat hill horse house island kitchen lake lamp leaf light market
+mirror moon mountain museum night ocean orange painting palace park path person piano plane plate portrait
+river road rock roof room sand sea sheep ship shoe sign sky snow sofa square star station statue stone street
+sun table temple tower town train tree truck umbrella valley vase village wall water wave window winter wood
+""".split())))
+"""The word pool for random words (``random`` captions, rt, rc) when the data has no captions to draw words from:
+a fixed list, so random captions do not depend on the base model's tokenizer (the tiny model's is learned from the
+captions themselves, CLIP's holds sub-word pieces)."""
 
 
 def check_choice(value: str, allowed: Sequence[str], what: str) -> str:
@@ -59,11 +76,17 @@ def random_captions(image_ids: Iterable[str], vocab: Sequence[str], seed: int, n
     return {i: random_caption(vocab, n_words, python_rng(seed, "random_caption", i)) for i in image_ids}
 
 
-def alternatives(row: Mapping) -> list[str]:
-    """All captions of a training row (``captions`` list, else ``[caption]``), empty strings dropped."""
+def captions_of(row: Mapping) -> list[str]:
+    """All captions of a training row (``captions`` list, else ``[caption]``), empty strings dropped; ``[]`` for an
+    uncaptioned image (a ``classfolders`` source without a captions file)."""
     caps = row.get("captions")
     caps = list(caps) if caps is not None and len(caps) else [row.get("caption")]
-    caps = [str(c) for c in caps if c is not None and str(c).strip()]
+    return [str(c) for c in caps if c is not None and str(c).strip()]
+
+
+def alternatives(row: Mapping) -> list[str]:
+    """The captions of a training row (:func:`captions_of`); ``ValueError`` when it has none."""
+    caps = captions_of(row)
     if not caps:
         raise ValueError(f"image {row.get('image_id', '?')} has no caption")
     return caps
@@ -72,16 +95,21 @@ def alternatives(row: Mapping) -> list[str]:
 def caption_pool(row: Mapping) -> list[str]:
     """The captions MC and partial duplication draw from: the row's own captions followed by its ``blip_captions``
     (the caption stage's model captions) when it has them; an uncaptioned image with model captions draws from
-    those alone (the paper: "20 captions ... plus the original")."""
+    those alone (the paper: "20 captions ... plus the original"), one with neither has ``[]``."""
     blip = row.get("blip_captions")
     model = [str(c) for c in blip if c is not None and str(c).strip()] if blip is not None else []
-    if not model:
-        return alternatives(row)
-    try:
-        own = alternatives(row)
-    except ValueError:  # no caption of its own (uncaptioned classfolders)
-        own = []
-    return own + model
+    return captions_of(row) + model
+
+
+def word_pool(captions: Iterable[str]) -> tuple[list[str], str | None]:
+    """The random-word pool: the words of ``captions``, or :data:`FALLBACK_WORDS` when they hold none (uncaptioned
+    data) together with the note that says so (``None`` when the captions gave the words)."""
+    captions = [c for c in captions if str(c).strip()]
+    if captions:
+        return vocabulary(captions), None
+    return list(FALLBACK_WORDS), (f"the data has no captions: random words (random captions, rt, rc) come from the "
+                                  f"fixed list copying_study.data.captions.FALLBACK_WORDS ({len(FALLBACK_WORDS)} "
+                                  "words)")
 
 
 def base_caption(row: Mapping, caption_type: str, random_caption_of: Mapping[str, str] | None = None) -> str:
@@ -156,7 +184,7 @@ def perturb_caption(
     """Apply one text mitigation. ``p`` is the probability that the caption is changed (``mc`` ignores it, as in
     the paper's code). Exactly one ``rng.random()`` is drawn for the gate whatever the outcome, so a sequence of
     calls stays aligned across mitigations with the same seed."""
-    check_choice(mitigation, TRAIN_MITIGATIONS + ("rc",), "mitigation")
+    check_choice(mitigation, TRAIN_MITIGATIONS, "mitigation")
     if mitigation in ("none", "gn"):
         return caption
     if mitigation == "mc":

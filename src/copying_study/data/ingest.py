@@ -27,14 +27,13 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from PIL import Image
 
-from copying_study.data.embedded import NEAR_COPY_OPS, generate_control, generate_embedded
-from copying_study.data.readers import READERS, REJECT_REASONS, Reject, open_reader
+from copying_study.data.embedded import generate_control, generate_embedded
+from copying_study.data.readers import REJECT_REASONS, Reject, open_reader
 from copying_study.data.table import (
     ChunkedTable,
     ChunkedTableWriter,
@@ -43,35 +42,15 @@ from copying_study.data.table import (
     sha256_hex,
     training_schema,
 )
+from copying_study.preflight import missing_inputs
+from copying_study.schemas.ingest import ON_ERROR, IngestParams
 from copying_study.utils.images import encode_png, resize_center_crop, to_rgb
 from copying_study.utils.progress import progress
 from copying_study.utils.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("embedded", *READERS)
-ON_ERROR = ("skip", "fail")
 LOGGED_REJECTS = 10  # individual WARNING lines before only the summary is logged
-
-DEFAULTS: dict[str, Any] = {
-    "source": "embedded",
-    "path": None,
-    "resolution": 32,
-    "on_error": "skip",
-    "chunk_rows": 256,
-    "control": {"fraction": 0.05, "path": None},
-    "embedded": {
-        "n_images": 240, "n_control": 64, "n_clusters": 8, "copies_per_cluster": 4, "n_captions": 5,
-        "exact_copies_per_cluster": 1, "complexity_weights": [1.0, 1.0, 1.0, 1.0],
-        "near_copy_ops": list(NEAR_COPY_OPS), "shuffle": True,
-    },
-    "imagefolder": {"caption_column": "text", "extra_caption_columns": "auto", "label_column": None},
-    "classfolders": {"captions_file": None},
-    "parquet": {"image_column": "image", "caption_column": "text", "extra_caption_columns": "auto",
-                "label_column": None, "key_column": None, "image_root": None},
-    "webdataset": {"caption_field": "caption"},
-}
-
 
 class IngestError(ValueError):
     """A bad item under ``on_error: fail``, or a source that gave no images."""
@@ -130,52 +109,15 @@ def prepare_image(data: bytes, resolution: int) -> PreparedImage:
     return PreparedImage(encode_png(resize_center_crop(rgb, resolution)), width, height, mode)
 
 
-def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {[f'{prefix}.{k}' for k in unknown]}: allowed {sorted(defaults)}")
-    out = dict(defaults)
-    for key, value in given.items():
-        if isinstance(defaults[key], dict):
-            out[key] = _merge(defaults[key], value or {}, f"{prefix}.{key}")
-        else:
-            out[key] = value
-    return out
-
-
-def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``ingest`` parameters merged over :data:`DEFAULTS` and checked; ``ValueError`` names the bad key."""
-    p = _merge(DEFAULTS, dict(params or {}), "ingest")
-    if p["source"] not in SOURCES:
-        raise ValueError(f"ingest.source '{p['source']}' is unknown: allowed {', '.join(SOURCES)}")
-    if p["on_error"] not in ON_ERROR:
-        raise ValueError(f"ingest.on_error '{p['on_error']}' is unknown: allowed {', '.join(ON_ERROR)}")
-    if isinstance(p["resolution"], bool) or not isinstance(p["resolution"], int) or not 8 <= p["resolution"] <= 4096:
-        raise ValueError(f"ingest.resolution must be an integer in [8, 4096], got {p['resolution']!r}")
-    if isinstance(p["chunk_rows"], bool) or not isinstance(p["chunk_rows"], int) or p["chunk_rows"] < 1:
-        raise ValueError(f"ingest.chunk_rows must be a positive integer, got {p['chunk_rows']!r}")
+def ingest(params: Mapping[str, Any] | None, seed: int) -> IngestResult:
+    """Run the ingest stage on ``params`` (the ``ingest:`` block, checked by :class:`IngestParams`; the paths it
+    names must exist) with the root ``seed``."""
+    p = IngestParams.from_params(params).as_dict()
+    problems = missing_inputs("ingest", p)
+    if problems:
+        raise ValueError("; ".join(problems))
     if p["source"] == "embedded" and p["path"] not in (None, ""):
         logger.warning("ingest.path '%s' is ignored: ingest.source is embedded (generated data)", p["path"])
-    fraction = p["control"]["fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) < 1.0:
-        raise ValueError(f"ingest.control.fraction must be a number in [0, 1), got {fraction!r}")
-    if p["control"]["path"] not in (None, "") and not Path(str(p["control"]["path"])).expanduser().exists():
-        raise ValueError(f"ingest.control.path '{p['control']['path']}' does not exist")
-    n_control = p["embedded"]["n_control"]
-    if isinstance(n_control, bool) or not isinstance(n_control, int) or n_control < 0:
-        raise ValueError(f"ingest.embedded.n_control must be an integer >= 0, got {n_control!r}")
-    if p["source"] != "embedded":
-        if p["path"] is None or str(p["path"]).strip() == "":
-            raise ValueError(f"ingest.path is required for ingest.source '{p['source']}'")
-        p["path"] = str(p["path"])
-        if not Path(p["path"]).expanduser().exists():
-            raise ValueError(f"ingest.path '{p['path']}' does not exist (ingest.source '{p['source']}')")
-    return p
-
-
-def ingest(params: Mapping[str, Any] | None, seed: int) -> IngestResult:
-    """Run the ingest stage on validated-or-raw ``params`` (the ``ingest:`` block) with the root ``seed``."""
-    p = validate_params(params)
     if p["source"] == "embedded":
         return ingest_embedded(p, seed)
     control_path = p["control"]["path"] or None

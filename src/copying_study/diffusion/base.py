@@ -105,7 +105,8 @@ def build_base(spec: Mapping[str, Any], folder: Path, device: torch.device | Non
     """Pretrain the base model of ``spec`` into ``folder`` (``model/`` + ``base_record.json``); returns the record."""
     from copying_study.diffusion.autoencoder import train_autoencoder
     from copying_study.diffusion.models import build_tiny_pipeline, weights_checksum
-    from copying_study.diffusion.train import settings_from_params, train
+    from copying_study.diffusion.train import train
+    from copying_study.schemas import FinetuneParams
 
     device = torch.device(device or "cpu")
     spec = base_spec(spec)
@@ -119,7 +120,7 @@ def build_base(spec: Mapping[str, Any], folder: Path, device: torch.device | Non
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / "initial"
     initial.save_pretrained(staging)
-    settings = settings_from_params({
+    settings = FinetuneParams.from_params({
         "base_model": str(staging), "resolution": int(spec["resolution"]), "caption_type": "original",
         "duplication": "none", "ddf": 1, "steps": int(spec["steps"]), "batch_size": int(spec["batch_size"]),
         "learning_rate": float(spec["learning_rate"]), "lr_warmup_steps": int(spec["lr_warmup_steps"]),

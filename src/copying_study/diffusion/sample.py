@@ -23,7 +23,7 @@ import inspect
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from copying_study.data.captions import INFERENCE_MITIGATIONS, base_caption, check_choice, perturb_caption
+from copying_study.data.captions import (
+    INFERENCE_MITIGATIONS,
+    TEXT_MITIGATIONS,
+    base_caption,
+    check_choice,
+    perturb_caption,
+)
 from copying_study.diffusion.models import add_embedding_noise, encode_prompts
 from copying_study.utils.device import describe_device
 from copying_study.utils.progress import progress
@@ -47,7 +53,6 @@ SCHEDULERS = {
     "dpm": "DPMSolverMultistepScheduler",
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TEXT_MITIGATIONS = ("rt", "cwr", "rna", "rc")
 PROMPT_SOURCES = ("training", "file", "class")
 PROMPT_FILE_TYPES = (".txt", ".csv", ".parquet")
 
@@ -435,8 +440,3 @@ class GraphedUNet:
         self.hidden.copy_(hidden)
         self.graph.replay()
         return self.out.clone()  # the next replay overwrites self.out; a scheduler may keep what it was given
-
-
-def settings_record(settings: MitigationSettings) -> dict[str, Any]:
-    """The mitigation settings as a plain dict (for JSON records)."""
-    return asdict(settings)

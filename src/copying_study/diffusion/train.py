@@ -21,15 +21,15 @@ The same loop trains the tiny embedded model on a CPU and Stable Diffusion 2.1 o
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import random
+import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +49,7 @@ from copying_study.diffusion.models import (
     resolve_source,
     weights_checksum,
 )
+from copying_study.schemas.finetune import FinetuneParams
 from copying_study.utils.device import describe_device
 from copying_study.utils.images import decode_image, resize_center_crop
 from copying_study.utils.progress import progress
@@ -56,154 +57,7 @@ from copying_study.utils.seeding import derive_seed, numpy_rng, python_rng, torc
 
 logger = logging.getLogger(__name__)
 
-DUPLICATION_MODES = ("none", "full", "partial")
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
 REQUIRED_COLUMNS = ("image_id", "image", "caption")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# settings
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """The ``finetune:`` parameters, validated. Defaults are those of ``conf/base`` (the tiny study); see
-    ``docs/finetune.md`` for each one."""
-
-    base_model: str = "tiny"
-    resolution: int = 16
-    caption_type: str = "original"
-    duplication: str = "full"
-    dup_fraction: float = 0.05
-    ddf: float = 20.0
-    mitigation: str = "none"
-    mitigation_prob: float = 0.1
-    mitigation_insertions: int = 2
-    rc_words: int = 4
-    rna_high: int = 10**6
-    gn_lambda: float = 0.1
-    random_caption_words: int = 6
-    uncond_prob: float = 0.1
-    train_text_encoder: bool = True
-    steps: int = 600
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant_with_warmup"
-    lr_warmup_steps: int = 50
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    random_flip: bool = True
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    log_every: int = 10
-    sample_every: int = 300
-    sample_prompts: int = 6
-    sample_steps: int = 25
-    sample_guidance: float = 3.0
-    checkpoint_every: int = 300
-    checkpoint_dir: str = "data/06_models/finetune_checkpoints"
-    keep_checkpoints: int = 1
-    resume: bool = True
-    tiny: Mapping[str, Any] = field(default_factory=dict)
-    embedded_base: Mapping[str, Any] = field(default_factory=dict)
-    embedded_base_dir: str = "data/06_models/embedded_base"
-
-    # Settings that change what is trained (a checkpoint is only resumed by a run with the same ones).
-    NON_SEMANTIC = ("log_every", "sample_every", "sample_prompts", "sample_steps", "sample_guidance",
-                    "checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume", "embedded_base_dir")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["tiny"] = dict(self.tiny)
-        d["embedded_base"] = dict(self.embedded_base)
-        return d
-
-
-def _bad(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"finetune.{key}={value!r} is invalid: {allowed}")
-
-
-def settings_from_params(params: Mapping[str, Any] | None) -> FinetuneSettings:
-    """Validate the ``finetune:`` parameter dict (unknown keys, choices, ranges) and return typed settings.
-
-    Nothing is loaded: the paper configuration validates on a machine without its weights.
-    """
-    params = dict(params or {})
-    names = [f.name for f in dataclasses.fields(FinetuneSettings)]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise ValueError(f"unknown finetune parameter(s) {unknown}; allowed: {', '.join(names)}")
-    defaults = FinetuneSettings()
-    values: dict[str, Any] = {}
-    for name in names:
-        default = getattr(defaults, name)
-        value = params.get(name, default)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise _bad(name, value, "use true or false")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-                raise _bad(name, value, "use an integer")
-            value = int(value)
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise _bad(name, value, "use a finite number")
-            value = float(value)
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise _bad(name, value, "use a string")
-        values[name] = value
-    for key in ("tiny", "embedded_base"):
-        if not isinstance(values[key], Mapping):
-            raise _bad(key, values[key], "use a mapping")
-        values[key] = dict(values[key])
-    s = FinetuneSettings(**values)
-    _check_choices(s)
-    return s
-
-
-def _check_choices(s: FinetuneSettings) -> None:
-    def choice(key: str, allowed: Sequence[str]) -> None:
-        if getattr(s, key) not in allowed:
-            raise _bad(key, getattr(s, key), f"choose one of {', '.join(allowed)}")
-
-    def at_least(key: str, low: float, strict: bool = False) -> None:
-        v = getattr(s, key)
-        if v < low or (strict and v == low):
-            raise _bad(key, v, f"must be {'>' if strict else '>='} {low}")
-
-    choice("caption_type", cap.CAPTION_TYPES)
-    choice("duplication", DUPLICATION_MODES)
-    choice("mitigation", cap.TRAIN_MITIGATIONS)
-    choice("mixed_precision", MIXED_PRECISION)
-    choice("lr_schedule", LR_SCHEDULES)
-    at_least("ddf", 1.0)
-    for key in ("steps", "batch_size", "resolution", "random_caption_words", "rc_words", "sample_steps",
-                "log_every"):
-        at_least(key, 1)
-    for key in ("lr_warmup_steps", "mitigation_insertions", "rna_high", "sample_every", "sample_prompts",
-                "checkpoint_every", "weight_decay", "gn_lambda", "max_grad_norm"):
-        at_least(key, 0)
-    at_least("keep_checkpoints", 1)
-    at_least("learning_rate", 0.0, strict=True)
-    for key in ("mitigation_prob", "uncond_prob", "adam_beta1", "adam_beta2"):
-        if not 0.0 <= getattr(s, key) <= 1.0:
-            raise _bad(key, getattr(s, key), "must be in [0, 1]")
-    if not 0.0 < s.dup_fraction <= 1.0:
-        raise _bad("dup_fraction", s.dup_fraction, "must be in (0, 1]")
-    if not s.base_model.strip():
-        raise _bad("base_model", s.base_model, "give 'tiny', a local diffusers folder or a Hugging Face id")
-    if s.duplication == "partial" and s.caption_type not in ("original", "blip"):
-        raise _bad(
-            "duplication", s.duplication,
-            "partial duplication draws a duplicated image's caption from its alternatives, so it needs "
-            f"caption_type original or blip (got {s.caption_type!r})",
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,7 +95,37 @@ def as_frame(table: Any) -> pd.DataFrame:
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
 
 
-def make_plan(table: pd.DataFrame, s: FinetuneSettings, seed: int) -> TrainingPlan:
+def check_captions(s: FinetuneParams, ids: list[str], rows: list[dict[str, Any]], pools: list[list[str]]) -> None:
+    """``ValueError`` before any work when the settings need captions the data lacks. ``original`` needs each image's
+    own caption; ``blip``, ``mc`` and ``partial`` duplication need its caption pool (own captions and the caption
+    stage's ``blip_captions``). Uncaptioned data (a ``classfolders`` source without captions) trains with ``fixed``,
+    ``class`` or ``random`` captions, or with model captions from ingest's captioning step (``caption.model``)."""
+    own = [bool(cap.captions_of(r)) for r in rows]
+    pooled = [bool(p) for p in pools]
+    with_model = "or add model captions with caption.model (docs/caption.md)"
+    needs = []
+    if s.caption_type == "original":
+        needs.append(("finetune.caption_type 'original' trains each image with its own caption", own,
+                      "use caption_type fixed, class or random, or blip with model captions from caption.model "
+                      "(docs/caption.md)"))
+    if s.caption_type == "blip":
+        needs.append(("finetune.caption_type 'blip' trains each image with its BLIP caption (blip_captions, else "
+                      "its second caption)", pooled, f"use caption_type fixed, class or random, {with_model}"))
+    if s.mitigation == "mc":
+        needs.append(("finetune.mitigation 'mc' draws each image's caption from its captions", pooled,
+                      f"use another mitigation, {with_model}"))
+    if s.duplication == "partial":
+        needs.append(("finetune.duplication 'partial' draws duplicated images' captions from their captions", pooled,
+                      f"use full duplication, {with_model}"))
+    for need, has, hint in needs:
+        lacking = [i for i, ok in zip(ids, has, strict=True) if not ok]
+        if lacking:
+            what = ("the data has no captions (a classfolders source without captions_file?)" if len(lacking) == len(ids)
+                    else f"{len(lacking)} of {len(ids)} images have no caption (e.g. {lacking[:3]})")
+            raise ValueError(f"{need}, but {what}: {hint}")
+
+
+def make_plan(table: pd.DataFrame, s: FinetuneParams, seed: int) -> TrainingPlan:
     """Validate the finetune set and decide captions and duplication (seeded, independent of row order)."""
     if table is None or len(table) == 0:
         raise ValueError("finetune_set is empty: there is nothing to train on (check the ingest/dedup outputs)")
@@ -253,9 +137,10 @@ def make_plan(table: pd.DataFrame, s: FinetuneSettings, seed: int) -> TrainingPl
     if dupes:
         raise ValueError(f"finetune_set has repeated image_id(s) {dupes[:5]}: ids must be unique")
     rows = table.to_dict("records")
-    alts = [cap.caption_pool(r) for r in rows]
+    alts = [cap.caption_pool(r) for r in rows]  # own captions + model captions; [] for an uncaptioned image
+    check_captions(s, ids, rows, alts)
     blips = [list(r["blip_captions"]) for r in rows if r.get("blip_captions") is not None]
-    vocab = cap.vocabulary([c for a in alts for c in a] + [c for b in blips for c in b])
+    vocab, vocab_note = cap.word_pool([c for a in alts for c in a] + [c for b in blips for c in b])
     random_of = (
         cap.random_captions(ids, vocab, seed, s.random_caption_words) if s.caption_type == "random" else None
     )
@@ -273,6 +158,8 @@ def make_plan(table: pd.DataFrame, s: FinetuneSettings, seed: int) -> TrainingPl
         probabilities = weights / weights.sum()
     elif s.ddf != 1.0:
         notes.append(f"finetune.ddf={s.ddf} is ignored: duplication is 'none'")
+    if vocab_note and (s.caption_type == "random" or s.mitigation in ("rt", "rc")):
+        notes.append(vocab_note)
     if s.caption_type == "blip" and not blips:
         notes.append("caption_type 'blip': the data has no blip_captions column; each image's second alternative "
                      "caption stands in for its BLIP caption")
@@ -316,7 +203,7 @@ def draw_indices(plan: TrainingPlan, step: int, batch_size: int, seed: int) -> n
     return numpy_rng(seed, "finetune", "batch", step).choice(n, size=batch_size, replace=True, p=plan.probabilities)
 
 
-def draw_captions(plan: TrainingPlan, s: FinetuneSettings, indices: np.ndarray, rng: random.Random) -> list[str]:
+def draw_captions(plan: TrainingPlan, s: FinetuneParams, indices: np.ndarray, rng: random.Random) -> list[str]:
     """The caption of each drawn image: its base caption (or, partial duplication, one of its alternatives), then
     the text mitigation, then caption dropout (``uncond_prob``: the empty caption, for classifier-free guidance)."""
     out = []
@@ -334,7 +221,7 @@ def draw_captions(plan: TrainingPlan, s: FinetuneSettings, indices: np.ndarray, 
     return out
 
 
-def draw_step(plan: TrainingPlan, s: FinetuneSettings, step: int, seed: int) -> StepBatch:
+def draw_step(plan: TrainingPlan, s: FinetuneParams, step: int, seed: int) -> StepBatch:
     """Images, flips and captions of one step, drawn from generators seeded by ``(seed, step)``."""
     indices = draw_indices(plan, step, s.batch_size, seed)
     flips = (
@@ -358,15 +245,25 @@ def image_tensor(data: bytes, resolution: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_latents(pipe, images: Sequence[bytes], resolution: int, random_flip: bool, device: torch.device,
-                   batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   batch_size: int = 16, image_ids: Sequence[str] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encode every image once with the frozen autoencoder: mean (and std when the autoencoder is stochastic) of
-    the scaled latents, ``[N, F, C, h, w]`` with ``F`` = 2 flips (or 1)."""
+    the scaled latents, ``[N, F, C, h, w]`` with ``F`` = 2 flips (or 1). An image that cannot be decoded is a
+    ``ValueError`` naming its ``image_id`` (or its row)."""
     vae = pipe.vae
     scale = float(vae.config.scaling_factor)
     flips = 2 if random_flip else 1
     means, stds = [], []
+
+    def tensor(i: int) -> torch.Tensor:
+        try:
+            return image_tensor(images[i], resolution)
+        except ValueError as exc:
+            which = f"image_id '{image_ids[i]}'" if image_ids is not None else f"row {i}"
+            raise ValueError(f"finetune_set {which} cannot be decoded: {exc}") from exc
+
     for start in progress(range(0, len(images), batch_size), desc="encode latents", unit="batch"):
-        x = torch.stack([image_tensor(b, resolution) for b in images[start:start + batch_size]])
+        x = torch.stack([tensor(i) for i in range(start, min(start + batch_size, len(images)))])
         views = [x, torch.flip(x, dims=[3])][:flips]
         batch = torch.cat(views).to(device=device, dtype=vae.dtype)
         dist = vae.encode(batch).latent_dist
@@ -382,9 +279,9 @@ def encode_latents(pipe, images: Sequence[bytes], resolution: int, random_flip: 
 # checkpoints
 
 
-def fingerprint(s: FinetuneSettings, seed: int, plan: TrainingPlan, table: pd.DataFrame, base_checksum: str) -> str:
+def fingerprint(s: FinetuneParams, seed: int, plan: TrainingPlan, table: pd.DataFrame, base_checksum: str) -> str:
     """A hash of everything that decides the trained weights (settings, seed, data, base model)."""
-    settings = {k: v for k, v in s.to_dict().items() if k not in FinetuneSettings.NON_SEMANTIC}
+    settings = {k: v for k, v in s.to_dict().items() if k not in FinetuneParams.NON_SEMANTIC}
     h = hashlib.sha256(json.dumps({"settings": settings, "seed": seed, "base": base_checksum},
                                   sort_keys=True, default=str).encode())
     sha = table["sha256"] if "sha256" in table.columns else [hashlib.sha256(b).hexdigest() for b in table["image"]]
@@ -398,10 +295,11 @@ def _checkpoint_files(folder: Path) -> list[Path]:
 
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``step_<step>.pt`` atomically (temp file + rename) and keep the newest ``keep`` checkpoints."""
+    """Write ``step_<step>.pt`` atomically (a temporary file named by process and a random id, then a rename) and
+    keep the newest ``keep`` checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:09d}.pt"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
     for old in _checkpoint_files(folder)[:-keep]:
@@ -447,6 +345,7 @@ class TrainResult:
     samples_per_s: float
     steps_run: int
     resumed_from: int | None
+    resumed_checkpoint: str | None  # the checkpoint file training continued from
     base_checksum: str
     final_checksum: str
     components: dict[str, Any]
@@ -456,7 +355,7 @@ class TrainResult:
     base: dict[str, Any] = field(default_factory=dict)  # what the base model was (embedded: fingerprint, built now)
 
 
-def _mixed_precision(s: FinetuneSettings, device: torch.device) -> torch.dtype | None:
+def _mixed_precision(s: FinetuneParams, device: torch.device) -> torch.dtype | None:
     mp = s.mixed_precision
     if mp == "auto":
         mp = "bf16" if device.type == "cuda" else "no"
@@ -467,7 +366,7 @@ def _mixed_precision(s: FinetuneSettings, device: torch.device) -> torch.dtype |
     return torch.bfloat16 if mp == "bf16" else torch.float16
 
 
-def resolve_base(s: FinetuneSettings, device: torch.device) -> tuple[str, dict[str, Any]]:
+def resolve_base(s: FinetuneParams, device: torch.device) -> tuple[str, dict[str, Any]]:
     """The model source to load and what it is: ``embedded`` becomes the cached pretrained base model's folder
     (built now when missing, :func:`copying_study.diffusion.base.ensure_base`); anything else is checked as it is
     (a missing folder or an uncached id fails before any work)."""
@@ -483,7 +382,7 @@ def resolve_base(s: FinetuneSettings, device: torch.device) -> tuple[str, dict[s
     return s.base_model, {"source": kind, "location": where}
 
 
-def prepare_model(s: FinetuneSettings, plan: TrainingPlan, seed: int, device: torch.device,
+def prepare_model(s: FinetuneParams, plan: TrainingPlan, seed: int, device: torch.device,
                   source: str | None = None):
     """Load the base model (``source``, default ``s.base_model``)."""
     source = source or s.base_model
@@ -506,15 +405,21 @@ def _distributed():
 
 def train(
     table: pd.DataFrame,
-    s: FinetuneSettings,
+    s: FinetuneParams,
     seed: int,
     device: torch.device,
     observer: Callable[[StepBatch, torch.Tensor], None] | None = None,
+    run_id: str | None = None,
 ) -> TrainResult:
     """Finetune ``s.base_model`` on ``table`` (the ``finetune_set``). Returns the trained pipeline and its record.
 
     ``observer(batch, encoder_hidden_states)`` is called at every step with what the UNet is about to be fed (for
     tests and diagnostics); an exception it raises stops training (the last checkpoint stays resumable).
+
+    Checkpoints go to ``checkpoint_dir/<run_id>/<fingerprint>`` and are removed when training completes. They are
+    resumed automatically (``resume``) only by the same run (``run_id``: the Kedro run id; ``None`` gives a fresh id,
+    so nothing is resumed); any other run resumes a checkpoint only when ``resume_from`` names it, and only if it
+    was written with the same settings, seed, data and base model (the fingerprint).
     """
     table = as_frame(table)
     plan = make_plan(table, s, seed)
@@ -548,7 +453,8 @@ def train(
     n_timesteps = int(noise_scheduler.config.num_train_timesteps)
 
     t0 = time.perf_counter()
-    mean_latents, std_latents = encode_latents(pipe, list(table["image"]), s.resolution, s.random_flip, device)
+    mean_latents, std_latents = encode_latents(pipe, list(table["image"]), s.resolution, s.random_flip, device,
+                                               image_ids=plan.image_ids)
     encode_seconds = time.perf_counter() - t0
 
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if s.train_text_encoder else [])
@@ -566,18 +472,25 @@ def train(
         raise ValueError(f"finetune.batch_size={s.batch_size} is not divisible by the {world} processes")
     is_main = rank == 0
 
-    ckpt_dir = Path(s.checkpoint_dir) / fp[:16]
+    run_folder = Path(s.checkpoint_dir) / (run_id or f"run-{uuid.uuid4().hex[:12]}")
+    ckpt_dir = run_folder / fp[:16]
     start_step, resumed_from = 0, None
     counts = np.zeros(len(plan.image_ids), dtype=np.int64)
     step_losses: list[float] = []
     loss_history: list[list[float]] = []
     lr_history: list[list[float]] = []
     sample_grids: dict[int, np.ndarray] = {}
-    last = latest_checkpoint(ckpt_dir) if s.checkpoint_every and s.resume else None
+    if s.resume_from:
+        last: Path | None = Path(s.resume_from).expanduser()
+        if not last.is_file():
+            raise FileNotFoundError(f"finetune.resume_from: no checkpoint file at {last}")
+    else:
+        last = latest_checkpoint(ckpt_dir) if s.checkpoint_every and s.resume else None
     if last is not None:
         state = torch.load(last, map_location="cpu", weights_only=False)
         if state["fingerprint"] != fp:
-            raise ValueError(f"checkpoint {last} belongs to another run (fingerprint mismatch); remove it")
+            raise ValueError(f"checkpoint {last} was written by a run with other settings, seed, data or base model "
+                             "(fingerprint mismatch): this run cannot resume from it")
         _unwrap(unet_fwd).load_state_dict(state["unet"])
         if s.train_text_encoder:
             _unwrap(text_encoder).load_state_dict(state["text_encoder"])
@@ -589,6 +502,9 @@ def train(
         step_losses, loss_history, lr_history = state["step_losses"], state["loss_history"], state["lr_history"]
         sample_grids = state["sample_grids"]
         logger.info("resuming finetuning from %s (step %d of %d)", last, start_step, s.steps)
+    if s.checkpoint_every and is_main:
+        logger.info("checkpoints of this run: %s (removed when training completes; resume a stopped run with "
+                    "--params finetune.resume_from=%s/step_<n>.pt)", ckpt_dir, ckpt_dir)
 
     grid_rows = _grid_prompts(plan, s.sample_prompts)
     pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log/checkpoint, not per step)
@@ -666,6 +582,10 @@ def train(
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     final = weights_checksum(pipe.unet, pipe.text_encoder)
+    if is_main and ckpt_dir.exists():  # training is complete: its checkpoints are no longer needed
+        shutil.rmtree(ckpt_dir)
+        if not any(run_folder.iterdir()):
+            run_folder.rmdir()
     if s.sample_every == 0 and s.sample_prompts and is_main:
         sample_grids[s.steps] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
     logger.info("finetuned %d steps in %.1f s (%.1f samples/s; latents encoded in %.1f s)",
@@ -674,7 +594,8 @@ def train(
         pipe=pipe, plan=plan, loss_history=loss_history, lr_history=lr_history, sample_grids=sample_grids,
         samples_per_image=counts, seconds=seconds,
         samples_per_s=steps_run * s.batch_size / max(seconds, 1e-9), steps_run=steps_run,
-        resumed_from=resumed_from, base_checksum=base_checksum, final_checksum=final,
+        resumed_from=resumed_from, resumed_checkpoint=str(last) if last is not None else None,
+        base_checksum=base_checksum, final_checksum=final,
         components=describe_pipeline(pipe) | {"base_model": s.base_model, "attention": _attention(pipe.unet)},
         device=describe_device(device), precision=str(amp).replace("torch.", "") if amp else "float32",
         fingerprint=fp, base=base_info,
@@ -708,7 +629,7 @@ def _grid_prompts(plan: TrainingPlan, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_grid(pipe, table: pd.DataFrame, plan: TrainingPlan, rows: list[int], s: FinetuneSettings, seed: int,
+def sample_grid(pipe, table: pd.DataFrame, plan: TrainingPlan, rows: list[int], s: FinetuneParams, seed: int,
                 device: torch.device, amp: torch.dtype | None) -> np.ndarray:
     """A uint8 grid: one row per prompt, the training image then two generations from its training caption."""
     if not rows:

@@ -18,7 +18,6 @@ The measurement (docs/evaluate.md):
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -28,32 +27,16 @@ import pandas as pd
 from PIL import Image
 
 from copying_study.metrics import replication as rep
+from copying_study.schemas import EvaluateParams
 from copying_study.utils.images import decode_image
 from copying_study.utils.seeding import derive_seed, numpy_rng
 
 logger = logging.getLogger(__name__)
 
 #: every ``evaluate:`` parameter and its default (nested dicts are merged key by key)
-DEFAULTS: dict[str, Any] = {
-    "generations_path": None,
-    "k": 10,
-    "copy_threshold": None,
-    "thresholds": [0.5],
-    "bootstrap": {"n_boot": 1000, "confidence": 0.95},
-    "descriptor": {"path": None, "batch_size": None},
-    "per_prompt_top": 3,
-    "folder": {"caption_column": "text"},
-    "controls": {"n_positive": 64, "min_images": 20, "max_negative_copy_rate": 0.05,
-                 "min_positive_copy_rate": 0.95},
-    "pdq_cross_check": True,
-    "fid": {"enabled": True, "inception_path": None, "batch_size": 32, "max_reference": None},
-    "clipscore": {"model_path": None, "batch_size": 32, "text_column": "original_prompt"},
-    "plots": {"gallery_n": 12, "gallery_columns": 3, "histogram_bins": 40},
-}
 #: the ``training_record`` (finetune) key listing the images duplicated in finetuning
 DUPLICATED_KEY = "duplicated_ids"
 GENERATION_COLUMNS = ("gen_id", "file_name", "prompt", "original_prompt", "source_image_id", "image")
-TEXT_COLUMNS = ("prompt", "original_prompt")
 SCORE_COLUMNS = ("gen_id", "file_name", "top1_similarity", "copy", "match_image_id", "topk_ids", "topk_scores",
                  "prompt", "original_prompt", "source_image_id", "source_duplicated", "match_duplicated",
                  "descriptor")
@@ -81,58 +64,6 @@ DEFINITIONS = {
 
 
 # -- parameters -------------------------------------------------------------------------------------------------
-def settings(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``params:evaluate`` merged over :data:`DEFAULTS` and validated (``ValueError`` naming the bad key)."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown evaluate parameter(s) {unknown}: allowed are {', '.join(DEFAULTS)}")
-    out: dict[str, Any] = {}
-    for key, default in DEFAULTS.items():
-        value = params.get(key, default)
-        if isinstance(default, dict):
-            if not isinstance(value, Mapping) and value is not None:
-                raise ValueError(f"evaluate.{key} must be a mapping, got {value!r}")
-            value = dict(value or {})
-            bad = sorted(set(value) - set(default))
-            if bad:
-                raise ValueError(f"unknown evaluate.{key} key(s) {bad}: allowed are {', '.join(default)}")
-            value = {**default, **value}
-        out[key] = copy.deepcopy(value)
-    if int(out["k"]) < 1:
-        raise ValueError(f"evaluate.k must be >= 1, got {out['k']}")
-    thresholds = out["thresholds"]
-    if not isinstance(thresholds, (list, tuple)) or not thresholds or \
-            not all(isinstance(t, (int, float)) and -1.0 <= t <= 1.0 for t in thresholds):
-        raise ValueError(f"evaluate.thresholds must be a non-empty list of similarities in [-1, 1], got {thresholds}")
-    t = out["copy_threshold"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not -1.0 <= t <= 1.0):
-        raise ValueError(f"evaluate.copy_threshold must be null (the calibrated one) or a similarity in [-1, 1], "
-                         f"got {t!r}")
-    if int(out["bootstrap"]["n_boot"]) < 1:
-        raise ValueError(f"evaluate.bootstrap.n_boot must be >= 1, got {out['bootstrap']['n_boot']}")
-    if not 0.0 < float(out["bootstrap"]["confidence"]) < 1.0:
-        raise ValueError(f"evaluate.bootstrap.confidence must be in (0, 1), got {out['bootstrap']['confidence']}")
-    if int(out["per_prompt_top"]) < 1:
-        raise ValueError(f"evaluate.per_prompt_top must be >= 1, got {out['per_prompt_top']}")
-    c = out["controls"]
-    if int(c["n_positive"]) < 1 or int(c["min_images"]) < 1:
-        raise ValueError(f"evaluate.controls.n_positive and min_images must be >= 1, got {c['n_positive']}, "
-                         f"{c['min_images']}")
-    for key in ("max_negative_copy_rate", "min_positive_copy_rate"):
-        if not 0.0 <= float(c[key]) <= 1.0:
-            raise ValueError(f"evaluate.controls.{key} must be in [0, 1], got {c[key]}")
-    if out["clipscore"]["text_column"] not in TEXT_COLUMNS:
-        raise ValueError(f"evaluate.clipscore.text_column must be one of {TEXT_COLUMNS}, "
-                         f"got {out['clipscore']['text_column']!r}")
-    if out["fid"]["max_reference"] is not None and int(out["fid"]["max_reference"]) < 2:
-        raise ValueError(f"evaluate.fid.max_reference must be null or >= 2, got {out['fid']['max_reference']}")
-    for key in ("gallery_n", "gallery_columns", "histogram_bins"):
-        if int(out["plots"][key]) < 1:
-            raise ValueError(f"evaluate.plots.{key} must be >= 1, got {out['plots'][key]}")
-    return out
-
-
 # -- inputs -----------------------------------------------------------------------------------------------------
 def checked_generations(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     """The columns evaluate uses (``GENERATION_COLUMNS``), after checking there are rows, ids are unique and
@@ -223,7 +154,7 @@ def copy_scale(calibration: Mapping[str, Any], meta: Mapping[str, Any], params: 
     calibration's figures at that value unknown)."""
     from copying_study.descriptors.calibration import check_calibration
 
-    p = settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     cal = check_calibration(calibration, meta)
     families = {
         f: {"false_positive_rate": r["false_positive_rate"], "recall": r["recall"],
@@ -388,7 +319,7 @@ def controls_summary(controls: pd.DataFrame, threshold: float, params: Mapping[s
     """Copy rates of the negative and positive controls with bootstrap intervals, and whether each passes its
     criterion (negative <= ``max_negative_copy_rate``, positive >= ``min_positive_copy_rate``). A control with
     fewer than ``min_images`` images is an error naming it."""
-    p = settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     c, boot = p["controls"], p["bootstrap"]
     out: dict[str, Any] = {"threshold": float(threshold)}
     failures = []
@@ -450,7 +381,7 @@ def pdq_cross_check(scores: pd.DataFrame, generations: pd.DataFrame, training_se
     from copying_study.descriptors.pdq import MATCH_THRESHOLD, PDQDescriptor, vectors_from_bits
     from copying_study.search import knn
 
-    if not settings(params)["pdq_cross_check"]:
+    if not EvaluateParams.from_params(params).pdq_cross_check:
         return {"skipped": "evaluate.pdq_cross_check is false"}
     pdq = PDQDescriptor()
     gen = pdq.hash(decoded(generations, "gen_id", "generation"), desc="pdq: generations")
@@ -499,7 +430,7 @@ def summarise(
     pdq: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``replication_summary``: see docs/evaluate.md for every key."""
-    p = settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     boot = {"n_boot": int(p["bootstrap"]["n_boot"]), "confidence": float(p["bootstrap"]["confidence"])}
     thresholds = sorted({float(t) for t in p["thresholds"]} | {float(scale["threshold"])})
     t = float(scale["threshold"])
@@ -649,7 +580,7 @@ def fid_report(generations: pd.DataFrame, training_set: pd.DataFrame, generation
     from copying_study.metrics import fid as fid_metrics
     from copying_study.utils.device import describe_device, pick_device
 
-    p = settings(params)["fid"]
+    p = EvaluateParams.from_params(params).as_dict()["fid"]
     ref = np.arange(len(training_set))
     if p["max_reference"] is not None and len(ref) > int(p["max_reference"]):
         ref = np.sort(numpy_rng(seed, "evaluate", "fid_reference").choice(len(ref), int(p["max_reference"]),
@@ -703,7 +634,7 @@ def clipscore_report(generations: pd.DataFrame, params: Mapping[str, Any], devic
     from copying_study.metrics import clipscore as clip_metrics
     from copying_study.utils.device import describe_device, pick_device
 
-    p = settings(params)["clipscore"]
+    p = EvaluateParams.from_params(params).as_dict()["clipscore"]
     if not p["model_path"]:
         reason = "no CLIP model given (evaluate.clipscore.model_path is null)"
         logger.warning("CLIPScore not computed: %s", reason)

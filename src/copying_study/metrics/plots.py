@@ -1,20 +1,16 @@
 """Figures for the reports: similarity histograms against a baseline and galleries of image pairs.
 
-Each function returns a matplotlib ``Figure`` (saved by Kedro's ``matplotlib.MatplotlibDataset``); the Agg backend
-is used so no display is needed.
+Each function returns a matplotlib ``Figure`` object (saved by Kedro's ``matplotlib.MatplotlibDataset``), made
+without pyplot: no global figure state and no backend choice, so a notebook's backend is left alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
 
 def similarity_histogram(
@@ -34,7 +30,8 @@ def similarity_histogram(
     if hi - lo < 1e-6:
         lo, hi = lo - 0.05, hi + 0.05
     edges = np.linspace(lo, hi, int(bins) + 1)
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(7, 4.2), constrained_layout=True)
+    ax = fig.subplots()
     for name, a in arrays.items():
         ax.hist(a, bins=edges, density=True, alpha=0.5, label=f"{name} (n={a.size}, p95={np.percentile(a, 95):.3f})")
     for t in thresholds:
@@ -61,8 +58,8 @@ def pair_gallery(
         raise ValueError("pair_gallery: no pairs to show")
     columns = max(1, min(int(columns), len(pairs)))
     rows = -(-len(pairs) // columns)
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * thumb_inches, rows * (thumb_inches + 0.45)),
-                             squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(2 * columns * thumb_inches, rows * (thumb_inches + 0.45)), constrained_layout=True)
+    axes = fig.subplots(rows, 2 * columns, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for n, (left, right, caption) in enumerate(pairs):

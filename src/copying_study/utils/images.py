@@ -61,7 +61,3 @@ def resize_center_crop(img: Image.Image, size: int, resample=Image.Resampling.BI
 def images_from_bytes(column: Iterable[bytes]) -> list[Image.Image]:
     """Decode a column of encoded images (e.g. ``training_set['image']``)."""
     return [decode_image(b) for b in column]
-
-
-def to_uint8_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(to_rgb(img), dtype=np.uint8)

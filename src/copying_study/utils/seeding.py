@@ -27,10 +27,13 @@ def python_rng(seed: int, *names: object) -> random.Random:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python ``random``, numpy's legacy global state and torch (CPU and CUDA)."""
+    """Seed python ``random``, numpy's legacy global state and torch (CPU and CUDA).
+
+    ``PYTHONHASHSEED`` is not set here: it only takes effect when an interpreter starts, so setting it in a running
+    process changes nothing in it (and leaks into child processes). Results must not depend on string-hash order
+    instead: everything that orders words or ids sorts them (vocabularies, BPE merges, plans)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency

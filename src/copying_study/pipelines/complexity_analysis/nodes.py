@@ -10,54 +10,21 @@ from matplotlib.figure import Figure
 
 from copying_study.metrics.complexity import (
     MEASURES,
-    RESAMPLE_FILTERS,
     correlate_with_similarity,
     flat_metrics,
     measure_settings,
     score_matches,
 )
 from copying_study.pipelines.complexity_analysis.plots import density_figure, scatter_figure
-from copying_study.utils.params import check_keys
+from copying_study.schemas import ComplexityParams
 
 logger = logging.getLogger(__name__)
-
-PARAM_KEYS = ("image_size", "resample", "jpeg_quality", "threshold", "n_boot", "confidence")
-
-
-def validate_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The ``complexity`` parameters, checked and typed; ``ValueError`` naming the bad key and what is allowed."""
-    params = check_keys(params, PARAM_KEYS, "complexity")
-
-    def number(key: str, kind: type, low: float, high: float, *, open_ends: bool = False) -> Any:
-        value = params[key]
-        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int:
-            ok_type = ok_type and float(value).is_integer()
-        inside = ok_type and ((low < value < high) if open_ends else (low <= value <= high))
-        if not inside:
-            bounds = f"({low}, {high})" if open_ends else f"[{low}, {high}]"
-            raise ValueError(f"complexity.{key} must be {'an integer' if kind is int else 'a number'} in {bounds}, "
-                             f"got {value!r}")
-        return kind(value)
-
-    if params["resample"] not in RESAMPLE_FILTERS:
-        raise ValueError(f"complexity.resample must be one of {sorted(RESAMPLE_FILTERS)}, got {params['resample']!r}")
-    return {
-        "image_size": number("image_size", int, 8, 4096),
-        "resample": params["resample"],
-        "jpeg_quality": number("jpeg_quality", int, 1, 100),
-        # "calibrated": the descriptor's copy threshold (descriptor_calibration), filled in by correlate_complexity
-        "threshold": "calibrated" if params["threshold"] == "calibrated" else number("threshold", float, -1.0, 1.0),
-        "n_boot": number("n_boot", int, 100, 1_000_000),
-        "confidence": number("confidence", float, 0.0, 1.0, open_ends=True),
-    }
-
 
 def score_complexity(
     replication_scores: pd.DataFrame, training_set: pd.DataFrame, params: dict[str, Any]
 ) -> pd.DataFrame:
     """``complexity_scores``: entropy, JPEG size and total variation of each generation's top-1 training match."""
-    p = validate_params(params)
+    p = ComplexityParams.from_params(params).as_dict()
     scores = score_matches(
         replication_scores, training_set, size=p["image_size"], resample=p["resample"], jpeg_quality=p["jpeg_quality"]
     )
@@ -71,7 +38,7 @@ def correlate_complexity(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """``complexity_correlations`` (the full report, with the measures' settings) and ``complexity_metrics``.
     ``complexity.threshold: calibrated`` splits "high similarity" at the descriptor's copy threshold."""
-    p = validate_params(params)
+    p = ComplexityParams.from_params(params).as_dict()
     threshold = (float(descriptor_calibration["copy_threshold"]) if p["threshold"] == "calibrated"
                  else float(p["threshold"]))
     report = correlate_with_similarity(

@@ -1,6 +1,5 @@
 """Duplicate clusters of a training table and the pre-training mitigations (framework-free; no Kedro imports).
 
-* ``validate_params``: the ``dedup`` parameters, checked, with defaults filled in;
 * ``cluster_table``: one row per image (``image_id``, ``cluster_id``, ``cluster_size``, ...) from the threshold graph;
 * ``summarise``: one row per cluster of two or more images, with the paper's caption similarity;
 * ``mitigate``: ``none`` | ``collapse`` | ``resample_captions`` on the reportable clusters;
@@ -9,84 +8,25 @@
 
 from __future__ import annotations
 
-import copy
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from copying_study.data.captions import alternatives
+from copying_study.data.captions import alternatives, captions_of
 from copying_study.metrics.caption_similarity import caption_similarity, load_text_encoder
 from copying_study.search import (
-    BACKENDS,
-    INDEX_KINDS,
-    check_threshold,
     cluster_sizes,
     connected_clusters,
     threshold_pairs,
 )
 from copying_study.utils.seeding import numpy_rng, python_rng
 
-MITIGATIONS = ("none", "collapse", "resample_captions")
-DEFAULTS: dict[str, Any] = {
-    "descriptor": {"name": "default"},
-    "threshold": 0.75,
-    "search": {"index": "flat", "nlist": None, "nprobe": 16, "k_start": 32, "max_neighbors": 2048,
-               "chunk_size": 8192, "backend": "faiss"},
-    "min_cluster_size": 3,
-    "caption_model": None,
-    "max_caption_pairs": 1000,
-    "n_example_ids": 5,
-    "mitigation": "none",
-    "gallery": {"n_clusters": 8, "n_images": 8},
-    "calibration": {"n_per_family": 200, "families": ["embedded", "photos", "synthetic"]},
-}
+logger = logging.getLogger(__name__)
 
-
-def validate_params(dedup: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``dedup`` merged over ``DEFAULTS`` and checked; ``ValueError`` names the bad key and the allowed values."""
-    params = copy.deepcopy(DEFAULTS)
-    for key, value in dict(dedup or {}).items():
-        if key not in DEFAULTS:
-            raise ValueError(f"unknown parameter dedup.{key}: allowed keys are {', '.join(DEFAULTS)}")
-        if isinstance(DEFAULTS[key], dict):
-            if not isinstance(value, Mapping):
-                raise ValueError(f"dedup.{key} must be a mapping, got {value!r}")
-            if key != "descriptor":
-                unknown = sorted(set(value) - set(DEFAULTS[key]))
-                if unknown:
-                    raise ValueError(f"unknown dedup.{key} keys {unknown}: allowed {', '.join(DEFAULTS[key])}")
-            params[key] = {**params[key], **dict(value)} if key != "descriptor" else dict(value)
-        else:
-            params[key] = value
-    try:
-        params["threshold"] = check_threshold(params["threshold"])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"dedup.threshold: {exc}") from None
-    if params["mitigation"] not in MITIGATIONS:
-        raise ValueError(f"dedup.mitigation '{params['mitigation']}' is not one of {', '.join(MITIGATIONS)}")
-    if params["search"]["index"] not in INDEX_KINDS:
-        raise ValueError(f"dedup.search.index '{params['search']['index']}' is not one of {', '.join(INDEX_KINDS)}")
-    if params["search"]["backend"] not in BACKENDS:
-        raise ValueError(f"dedup.search.backend '{params['search']['backend']}' is not one of {', '.join(BACKENDS)}")
-    for key in ("min_cluster_size", "max_caption_pairs", "n_example_ids"):
-        if not isinstance(params[key], int) or params[key] < 1:
-            raise ValueError(f"dedup.{key} must be an integer >= 1, got {params[key]!r}")
-    for key in ("n_clusters", "n_images"):
-        if not isinstance(params["gallery"][key], int) or params["gallery"][key] < 1:
-            raise ValueError(f"dedup.gallery.{key} must be an integer >= 1, got {params['gallery'][key]!r}")
-    cal = params["calibration"]
-    if isinstance(cal["n_per_family"], bool) or not isinstance(cal["n_per_family"], int) or cal["n_per_family"] < 20:
-        raise ValueError(f"dedup.calibration.n_per_family must be an integer >= 20 (the estimates need pairs), "
-                         f"got {cal['n_per_family']!r}")
-    from copying_study.descriptors.reference import FAMILIES
-
-    families = cal["families"]
-    if not isinstance(families, (list, tuple)) or not families or any(f not in FAMILIES for f in families):
-        raise ValueError(f"dedup.calibration.families must be a non-empty list of {', '.join(FAMILIES)}; "
-                         f"got {families!r}")
-    return params
+NO_CAPTIONS = "the data has no captions (a classfolders source without captions_file?)"
 
 
 def check_table(table: pd.DataFrame, columns: tuple[str, ...], what: str = "training_set") -> None:
@@ -144,23 +84,30 @@ def summarise(
     """One row per cluster with two or more images, largest first: ``cluster_id``, ``size``, ``reportable``,
     ``caption_similarity`` (paper §5.1), ``caption_pairs``, ``caption_similarity_method``, ``example_ids``,
     ``n_distinct_captions``. Also returns the text model's meta."""
-    caption_of = dict(zip(training_set["image_id"].astype(str), training_set["caption"].astype(str), strict=True))
+    caption_of = dict(zip(training_set["image_id"].astype(str), training_set["caption"].fillna("").astype(str),
+                          strict=True))
+    captioned = any(c.strip() for c in caption_of.values())
+    if not captioned:
+        logger.warning("caption similarity is skipped: %s", NO_CAPTIONS)
     multi = clusters[clusters["cluster_size"] >= 2]
     encoder = None
     rows = []
     for cid, members in multi.groupby("cluster_id", sort=True):
-        if encoder is None:
-            encoder = load_text_encoder(params["caption_model"], list(caption_of.values()), device)
         captions = [caption_of[i] for i in members["image_id"]]
-        sim, n_pairs = caption_similarity(captions, encoder, params["max_caption_pairs"],
-                                          numpy_rng(seed, "dedup", "caption_pairs", int(cid)))
+        if captioned:
+            if encoder is None:
+                encoder = load_text_encoder(params["caption_model"], list(caption_of.values()), device)
+            sim, n_pairs = caption_similarity(captions, encoder, params["max_caption_pairs"],
+                                              numpy_rng(seed, "dedup", "caption_pairs", int(cid)))
+        else:
+            sim, n_pairs = float("nan"), 0
         rows.append({
             "cluster_id": int(cid),
             "size": len(members),
             "reportable": bool(len(members) >= params["min_cluster_size"]),
             "caption_similarity": sim,
             "caption_pairs": n_pairs,
-            "caption_similarity_method": encoder.method,
+            "caption_similarity_method": encoder.method if encoder is not None else f"skipped: {NO_CAPTIONS}",
             "n_distinct_captions": len(set(captions)),
             "example_ids": list(members["image_id"].iloc[: params["n_example_ids"]]),
         })
@@ -197,6 +144,12 @@ def mitigate(training_set: pd.DataFrame, clusters: pd.DataFrame, params: Mapping
         first = ~pd.Series(out["cluster_id"]).duplicated().to_numpy()
         return out[~reportable | first].reset_index(drop=True)
     if params["mitigation"] == "resample_captions":
+        lacking = [str(i) for i, r, in_cluster in zip(out["image_id"], out.to_dict("records"), reportable, strict=True)
+                   if in_cluster and not captions_of(r)]
+        if lacking:
+            raise ValueError(f"dedup.mitigation 'resample_captions' gives clustered images other captions from their "
+                             f"own, but {len(lacking)} clustered image(s) have no caption (e.g. {lacking[:3]}; "
+                             f"{NO_CAPTIONS}): use mitigation none or collapse")
         out["original_caption"] = out["caption"]
         captions = out["caption"].tolist()
         for cid, rows in out[reportable].groupby("cluster_id", sort=True).groups.items():

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from copying_study.descriptors import EncodedImages, load_descriptor
 from copying_study.pipelines.dedup_clusters import dedup
 from copying_study.pipelines.dedup_clusters.plots import cluster_gallery, cluster_size_histogram
+from copying_study.schemas import DedupParams
 from copying_study.utils.device import pick_device
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def compute_train_descriptors(training_set: pd.DataFrame, params: Mapping[str, Any], device: str) -> dict[str, Any]:
     """Copy descriptors of every training image, rows in ``training_set`` order, with the descriptor's meta."""
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     dedup.check_table(training_set, ("image_id", "image"))
     descriptor = load_descriptor(p["descriptor"], device=device)
     embeddings, row_info = descriptor.encode_rows(EncodedImages(training_set["image"].tolist()),
@@ -36,7 +37,7 @@ def calibrate_descriptor(params: Mapping[str, Any], device: str) -> dict[str, An
     reference family (``copying_study.descriptors.calibration``); every later stage reads its copy threshold here."""
     from copying_study.descriptors.calibration import calibrate, format_table
 
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     descriptor = load_descriptor(p["descriptor"], device=device)
     record = calibrate(descriptor, p["calibration"]["families"], p["calibration"]["n_per_family"])
     logger.info("descriptor calibration:\n%s", format_table(record))
@@ -52,7 +53,7 @@ def find_duplicate_clusters(train_descriptors: Mapping[str, Any], training_set: 
                             params: Mapping[str, Any]) -> pd.DataFrame:
     """``duplicate_clusters``: every training image's cluster (threshold graph + connected components), with the
     descriptor and threshold used."""
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     ids = [str(i) for i in train_descriptors["image_ids"]]
     if ids != training_set["image_id"].astype(str).tolist():
         raise ValueError("train_descriptors rows do not match training_set (other images or another order): "
@@ -70,7 +71,7 @@ def find_duplicate_clusters(train_descriptors: Mapping[str, Any], training_set: 
 def summarise_clusters(duplicate_clusters: pd.DataFrame, training_set: pd.DataFrame, params: Mapping[str, Any],
                        seed: int, device: str) -> pd.DataFrame:
     """``cluster_summary``: size, reportability, caption similarity (paper §5.1) and example ids per cluster."""
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     summary, _ = dedup.summarise(duplicate_clusters, training_set, p, seed, pick_device(device))
     return summary
 
@@ -78,7 +79,7 @@ def summarise_clusters(duplicate_clusters: pd.DataFrame, training_set: pd.DataFr
 def apply_mitigation(training_set: pd.DataFrame, duplicate_clusters: pd.DataFrame, params: Mapping[str, Any],
                      seed: int) -> pd.DataFrame:
     """``finetune_set``: the training set after ``dedup.mitigation`` on the reportable clusters."""
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     out = dedup.mitigate(training_set, duplicate_clusters, p, seed)
     logger.info("finetune_set: %d of %d images after mitigation '%s'", len(out), len(training_set), p["mitigation"])
     return out
@@ -87,7 +88,7 @@ def apply_mitigation(training_set: pd.DataFrame, duplicate_clusters: pd.DataFram
 def plot_cluster_gallery(duplicate_clusters: pd.DataFrame, cluster_summary: pd.DataFrame,
                          training_set: pd.DataFrame, params: Mapping[str, Any]) -> Figure:
     """Gallery of the largest duplicate clusters."""
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     images = dict(zip(training_set["image_id"].astype(str), training_set["image"], strict=True))
     title = (f"largest duplicate clusters ({duplicate_clusters['descriptor'].iloc[0]} descriptor, threshold "
              f"{p['threshold']:g})")
@@ -97,7 +98,7 @@ def plot_cluster_gallery(duplicate_clusters: pd.DataFrame, cluster_summary: pd.D
 
 def plot_cluster_sizes(duplicate_clusters: pd.DataFrame, params: Mapping[str, Any]) -> Figure:
     """Distribution of cluster sizes."""
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     title = (f"cluster sizes ({len(duplicate_clusters)} images, {duplicate_clusters['descriptor'].iloc[0]} "
              f"descriptor, threshold {p['threshold']:g})")
     return cluster_size_histogram(duplicate_clusters, p["min_cluster_size"], title)
@@ -108,7 +109,7 @@ def dedup_metrics(duplicate_clusters: pd.DataFrame, cluster_summary: pd.DataFram
                   ) -> dict[str, Any]:
     """Counts for MLflow (numbers) plus the components used (strings, kept in the JSON only); on data with a
     ``planted_cluster`` column, pair precision / recall / F1 against it."""
-    p = dedup.validate_params(params)
+    p = DedupParams.from_params(params).as_dict()
     per_cluster = duplicate_clusters.drop_duplicates("cluster_id")
     in_clusters = duplicate_clusters["cluster_size"] >= 2
     sims = cluster_summary["caption_similarity"].dropna()

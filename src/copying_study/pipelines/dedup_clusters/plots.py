@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from copying_study.utils.images import decode_image  # noqa: E402
+from copying_study.utils.images import decode_image
 
 
 def cluster_gallery(
@@ -23,13 +19,14 @@ def cluster_gallery(
     side, labelled with the cluster's size and caption similarity."""
     top = summary.sort_values(["size", "cluster_id"], ascending=[False, True]).head(n_clusters)
     if top.empty:
-        fig, ax = plt.subplots(figsize=(6, 1.5), constrained_layout=True)
+        fig = Figure(figsize=(6, 1.5), constrained_layout=True)
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, f"no duplicate clusters\n{title}", ha="center", va="center")
         return fig
     n_images = int(min(n_images, top["size"].max()))
-    fig, axes = plt.subplots(len(top), n_images, figsize=(1.3 * n_images, 1.45 * len(top)), squeeze=False,
-                             constrained_layout=True)
+    fig = Figure(figsize=(1.3 * n_images, 1.45 * len(top)), constrained_layout=True)
+    axes = fig.subplots(len(top), n_images, squeeze=False)
     for row, (_, c) in enumerate(top.iterrows()):
         members = clusters.loc[clusters["cluster_id"] == c["cluster_id"], "image_id"].tolist()[:n_images]
         for col in range(n_images):
@@ -51,7 +48,8 @@ def cluster_size_histogram(clusters: pd.DataFrame, min_cluster_size: int, title:
     """Number of clusters of each size (log scale), with the reportable size marked."""
     sizes = clusters.drop_duplicates("cluster_id")["cluster_size"].to_numpy()
     values, counts = np.unique(sizes, return_counts=True)
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(6.5, 3.8), constrained_layout=True)
+    ax = fig.subplots()
     ax.bar(values, counts, width=0.8 if values.max() < 60 else max(1.0, values.max() / 80), color="tab:blue")
     ax.set_yscale("log")
     ax.axvline(min_cluster_size - 0.5, color="black", linestyle="--", linewidth=1)

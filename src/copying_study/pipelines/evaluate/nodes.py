@@ -13,17 +13,15 @@ from matplotlib.figure import Figure
 from copying_study.metrics import evaluation as ev
 from copying_study.metrics import plots
 from copying_study.metrics import replication as rep
+from copying_study.schemas import EvaluateParams
 
 logger = logging.getLogger(__name__)
-
-settings = ev.settings  # the evaluate parameter schema (kept here for callers of the node module)
-
 
 # -- inputs -----------------------------------------------------------------------------------------------------
 def select_generations(generations: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
     """The generations to score: the ``generations`` table, or the folder at ``evaluate.generations_path`` when set
     (then the table is ignored, with a WARNING)."""
-    p = ev.settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     if p["generations_path"]:
         logger.warning("evaluate.generations_path is set: scoring the folder %s, not the generations table",
                        p["generations_path"])
@@ -33,7 +31,7 @@ def select_generations(generations: pd.DataFrame, params: Mapping[str, Any]) -> 
 
 def load_generations_folder(params: Mapping[str, Any]) -> pd.DataFrame:
     """The folder at ``evaluate.generations_path`` (imagefolder layout) as a generations table."""
-    p = ev.settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     if not p["generations_path"]:
         raise ValueError("evaluate.generations_path must name a folder of generated images (imagefolder layout) "
                          "for the evaluate_folder pipeline")
@@ -42,14 +40,14 @@ def load_generations_folder(params: Mapping[str, Any]) -> pd.DataFrame:
 
 def finetune_info(training_record: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """The duplicated image ids of the finetuning record (unavailable, with a reason, when scoring a folder)."""
-    if ev.settings(params)["generations_path"]:
+    if EvaluateParams.from_params(params).as_dict()["generations_path"]:
         return no_finetune_info(params)
     return ev.finetune_info(training_record)
 
 
 def no_finetune_info(params: Mapping[str, Any]) -> dict[str, Any]:
     """The stand-in for generations made elsewhere: no finetuning record, so its splits are skipped."""
-    ev.settings(params)
+    EvaluateParams.from_params(params).as_dict()
     return ev.no_finetune_info("generations from a folder (evaluate.generations_path): no finetuning record, so "
                                "the duplicated / not-duplicated split is skipped")
 
@@ -68,7 +66,7 @@ def describe_generations(
     checked by ``descriptor_from_meta``: another name, dim, preprocessing, weights or whitening is an error)."""
     from copying_study.descriptors import descriptor_from_meta
 
-    descriptor = descriptor_from_meta(ev.train_meta(train_descriptors), ev.settings(params)["descriptor"],
+    descriptor = descriptor_from_meta(ev.train_meta(train_descriptors), EvaluateParams.from_params(params).as_dict()["descriptor"],
                                       device=device)
     embeddings = descriptor.encode(ev.decoded(generations, "gen_id", "generation"), desc="generation descriptors")
     return {"embeddings": embeddings, "image_ids": generations["gen_id"].tolist(), "meta": descriptor.meta()}
@@ -90,7 +88,7 @@ def match_generations(
     if list(generation_descriptors["image_ids"]) != generations["gen_id"].tolist():
         raise ValueError("generation_descriptors rows do not match the generations (different gen_ids/order)")
     return ev.match_table(generations, generation_descriptors["embeddings"], train_descriptors, finetune,
-                          ev.settings(params)["k"], scale["threshold"])
+                          EvaluateParams.from_params(params).as_dict()["k"], scale["threshold"])
 
 
 def background_similarity(train_descriptors: Mapping[str, Any], training_set: pd.DataFrame,
@@ -106,7 +104,7 @@ def score_controls(control_set: pd.DataFrame, training_set: pd.DataFrame, train_
     (copy-transformed training images), each image's top-1 training match and copy decision."""
     from copying_study.descriptors import descriptor_from_meta
 
-    p = ev.settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     descriptor = descriptor_from_meta(ev.train_meta(train_descriptors), p["descriptor"], device=device)
     groups = ev.known_duplicate_groups(training_set, duplicate_clusters)
     frames = []
@@ -125,7 +123,7 @@ def score_controls(control_set: pd.DataFrame, training_set: pd.DataFrame, train_
 def prompt_scores(replication_scores: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
     """``replication_per_prompt``: MemBench-style per-prompt max and top-3 mean of the top-1 similarities (grouped
     by the prompt before any inference-time mitigation, ``original_prompt``)."""
-    p = ev.settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     return rep.per_prompt_scores(replication_scores["original_prompt"].tolist(),
                                  replication_scores["top1_similarity"].to_numpy(), int(p["per_prompt_top"]))
 
@@ -179,7 +177,7 @@ def plot_histogram(replication_scores: pd.DataFrame, replication_background: pd.
                    replication_controls: pd.DataFrame, scale: Mapping[str, Any], params: Mapping[str, Any]) -> Figure:
     """Top-1 similarity of the generations against the training background and the two controls, with the copy
     threshold (density histograms)."""
-    p = ev.settings(params)
+    p = EvaluateParams.from_params(params).as_dict()
     name = str(replication_scores["descriptor"].iloc[0]) if "descriptor" in replication_scores else "descriptor"
     series = {
         "generations → nearest training image": replication_scores["top1_similarity"].to_numpy(),
@@ -200,7 +198,7 @@ def plot_histogram(replication_scores: pd.DataFrame, replication_background: pd.
 def plot_gallery(replication_scores: pd.DataFrame, generations: pd.DataFrame, training_set: pd.DataFrame,
                  params: Mapping[str, Any]) -> Figure:
     """The ``evaluate.plots.gallery_n`` most similar generations, each beside its top-1 training match and score."""
-    p = ev.settings(params)["plots"]
+    p = EvaluateParams.from_params(params).as_dict()["plots"]
     top = replication_scores.sort_values(["top1_similarity", "gen_id"], ascending=[False, True])
     top = top.head(int(p["gallery_n"]))
     gen_images = dict(zip(generations["gen_id"].astype(str), generations["image"], strict=True))

@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from copying_study.diffusion.train import TrainResult, settings_from_params, train
+from copying_study.diffusion.train import TrainResult, train
+from copying_study.schemas import FinetuneParams
 from copying_study.utils.device import pick_device
 from copying_study.utils.seeding import seed_everything
 
@@ -44,6 +46,7 @@ def training_record(result: TrainResult, table: pd.DataFrame, params: dict[str, 
         "steps": int(params["steps"]),
         "steps_run": int(result.steps_run),
         "resumed_from_step": result.resumed_from,
+        "resumed_from_checkpoint": result.resumed_checkpoint,
         "seconds": round(result.seconds, 3),
         "samples_per_s": round(result.samples_per_s, 3),
         "device": result.device,
@@ -57,17 +60,18 @@ def training_record(result: TrainResult, table: pd.DataFrame, params: dict[str, 
 
 
 def finetune_model(
-    finetune_set: pd.DataFrame, params: dict[str, Any], seed: int, device: str
+    finetune_set: pd.DataFrame, params: dict[str, Any], seed: int, device: str, run_id: str
 ) -> tuple[Any, dict[str, Any], dict[str, Any], dict[int, np.ndarray]]:
-    """Finetune ``finetune.base_model`` on ``finetune_set``.
+    """Finetune ``finetune.base_model`` on ``finetune_set``. ``run_id`` (the Kedro run id) names this run's
+    checkpoint folder: only this run resumes from it unless ``finetune.resume_from`` names a checkpoint.
 
     Returns ``finetuned_model`` (a diffusers pipeline), ``training_record``, ``finetune_metrics`` (loss and learning
     rate histories as ``[[step, value], ...]``, samples/s) and the sample grids by step.
     """
-    settings = settings_from_params(params)
+    settings = FinetuneParams.from_params(params)
     dev = pick_device(device)
     seed_everything(int(seed))
-    result = train(finetune_set, settings, int(seed), dev)
+    result = train(finetune_set, settings, int(seed), dev, run_id=str(run_id))
     record = training_record(result, finetune_set, settings.to_dict(), int(seed))
     metrics = {
         "train_loss": result.loss_history,
@@ -80,15 +84,11 @@ def finetune_model(
 
 def plot_sample_grids(grids: dict[int, np.ndarray]) -> dict[str, Any]:
     """One figure per sampled step: each row is a training image and two generations from its training caption."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figures = {}
     for step, grid in sorted(grids.items()):
         h, w = grid.shape[:2]
-        fig, ax = plt.subplots(figsize=(max(3.5, w / 16), max(3.0, h / 16)), dpi=100)
+        fig = Figure(figsize=(max(3.5, w / 16), max(3.0, h / 16)), dpi=100)
+        ax = fig.subplots()
         ax.imshow(grid, interpolation="nearest")
         ax.set_title(f"step {step}: training image | two samples", fontsize=8)
         ax.axis("off")

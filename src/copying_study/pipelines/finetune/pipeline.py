@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 finetune_model,
-                inputs=["finetune_set", "params:finetune", "params:seed", "params:device"],
+                inputs=["finetune_set", "params:finetune", "params:seed", "params:device", "kedro_run_id"],
                 outputs=["finetuned_model", "training_record", "finetune_metrics", "finetune_grids"],
                 name="finetune_model",
             ),

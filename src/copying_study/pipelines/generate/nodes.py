@@ -18,9 +18,6 @@ from copying_study.descriptors import descriptor_from_meta
 from copying_study.diffusion.guard import CopyIndex, GuardSettings, generate_guarded, guard_metrics
 from copying_study.diffusion.models import describe_pipeline, load_pipeline
 from copying_study.diffusion.sample import (
-    DTYPES,
-    PROMPT_SOURCES,
-    SCHEDULERS,
     ImageRequest,
     MitigationSettings,
     Sampler,
@@ -33,89 +30,28 @@ from copying_study.diffusion.sample import (
     resolve_dtype,
     training_prompts,
 )
+from copying_study.schemas import GenerateParams
 from copying_study.utils.device import pick_device
 from copying_study.utils.images import decode_image, encode_png
-from copying_study.utils.params import check_keys
 
 logger = logging.getLogger(__name__)
 
-PARAM_KEYS = (
-    "model", "prompts", "prompts_file", "prompts_column", "class_names", "n_images", "images_per_prompt",
-    "scheduler", "steps", "guidance", "eta", "resolution", "batch_size", "dtype", "mitigation", "strengths",
-    "copy_guard", "grid_size",
-)
-STRENGTH_KEYS = ("p", "n", "rc_words", "rna_high", "gn_lambda", "gn_uncond")
-GUARD_KEYS = ("enabled", "threshold", "max_tries", "mitigation", "descriptor")
 PLAN_COLUMNS = ("gen_id", "original_prompt", "prompt", "seed", "mitigation", "gn_lambda", "gn_uncond",
                 "source_image_id")
 
 
-def _int(p: Mapping[str, Any], key: str, where: str, low: int, high: int | None = None) -> int:
-    v = p[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < low or (
-        high is not None and v > high
-    ):
-        raise ValueError(f"{where}.{key} must be an integer >= {low}{f' and <= {high}' if high else ''}, got {v!r}")
-    return int(v)
-
-
-def _float(p: Mapping[str, Any], key: str, where: str, low: float, high: float = math.inf) -> float:
-    v = p[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
-        raise ValueError(f"{where}.{key} must be a number in [{low}, {high}], got {v!r}")
-    return float(v)
-
-
-def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
-
-
-def validate_params(params: Any) -> dict[str, Any]:
-    """The ``generate`` parameters, checked and typed; ``ValueError`` naming the bad key and what is allowed."""
-    p = check_keys(params, PARAM_KEYS, "generate")
-    s = check_keys(p["strengths"], STRENGTH_KEYS, "generate.strengths")
-    g = check_keys(p["copy_guard"], GUARD_KEYS, "generate.copy_guard")
-    strengths = MitigationSettings(
-        name=_choice(p["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.mitigation"),
-        p=_float(s, "p", "generate.strengths", 0.0, 1.0),
-        n=_int(s, "n", "generate.strengths", 1),
-        rc_words=_int(s, "rc_words", "generate.strengths", 1),
-        rna_high=_int(s, "rna_high", "generate.strengths", 0),
-        gn_lambda=_float(s, "gn_lambda", "generate.strengths", 0.0),
-        gn_uncond=bool(s["gn_uncond"]),
-    )
+def generate_settings(params: Any) -> dict[str, Any]:
+    """The ``generate`` parameters checked by :class:`GenerateParams`, as a dict whose ``strengths`` and
+    ``copy_guard`` are the library's :class:`MitigationSettings` and :class:`GuardSettings`."""
+    p = GenerateParams.from_params(params).as_dict()
+    s, g = p["strengths"], p["copy_guard"]
     calibrated = g["threshold"] == "calibrated"
-    guard = GuardSettings(
-        enabled=bool(g["enabled"]),
-        # "calibrated": the descriptor's copy threshold from descriptor_calibration, filled in by generate_images
-        threshold=None if calibrated else _float(g, "threshold", "generate.copy_guard", -1.0, 1.0),
-        max_tries=_int(g, "max_tries", "generate.copy_guard", 1),
-        mitigation=_choice(g["mitigation"], ("none", "gn", "rt", "cwr", "rna", "rc"), "generate.copy_guard.mitigation"),
-    )
-    if g["descriptor"] is not None and not isinstance(g["descriptor"], Mapping):
-        raise ValueError(f"generate.copy_guard.descriptor must be null or a mapping (path, batch_size, device, half), "
-                         f"got {g['descriptor']!r}")
-    source = _choice(p["prompts"], PROMPT_SOURCES, "generate.prompts")
-    if source == "file" and not p["prompts_file"]:
-        raise ValueError("generate.prompts is 'file' but generate.prompts_file is not set")
-    if p["resolution"] is not None:
-        _int(p, "resolution", "generate", 8)
     return {
         **p,
-        "prompts": source,
-        "n_images": _int(p, "n_images", "generate", 1),
-        "images_per_prompt": _int(p, "images_per_prompt", "generate", 1),
-        "scheduler": _choice(p["scheduler"], tuple(SCHEDULERS), "generate.scheduler"),
-        "steps": _int(p, "steps", "generate", 1, 1000),
-        "guidance": _float(p, "guidance", "generate", 0.0),
-        "eta": _float(p, "eta", "generate", 0.0, 1.0),
-        "batch_size": _int(p, "batch_size", "generate", 1),
-        "dtype": _choice(p["dtype"], ("auto", *DTYPES), "generate.dtype"),
-        "grid_size": _int(p, "grid_size", "generate", 1, 400),
-        "strengths": strengths,
-        "copy_guard": guard,
+        "strengths": MitigationSettings(name=p["mitigation"], **s),
+        # "calibrated": the descriptor's copy threshold from descriptor_calibration, filled in by generate_images
+        "copy_guard": GuardSettings(enabled=g["enabled"], threshold=None if calibrated else g["threshold"],
+                                    max_tries=g["max_tries"], mitigation=g["mitigation"]),
         "guard_threshold_source": "descriptor_calibration" if calibrated else "generate.copy_guard.threshold",
         "guard_descriptor": dict(g["descriptor"] or {}),
     }
@@ -136,7 +72,7 @@ def plan_generations(
     training_record: Mapping[str, Any] | None, p: dict[str, Any], seed: int
 ) -> tuple[pd.DataFrame, list[str], list[str]]:
     """One row per image (``PLAN_COLUMNS``: its prompt before and after the mitigation, its seed, its source
-    training image), the rt/rc vocabulary and the fallbacks taken. ``p`` is ``validate_params``'s output."""
+    training image), the rt/rc vocabulary and the fallbacks taken. ``p`` is ``generate_settings``'s output."""
     n_prompts = math.ceil(p["n_images"] / p["images_per_prompt"])
     record = training_record or {}
     if p["prompts"] == "training":
@@ -187,7 +123,7 @@ def generate_images(
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, Any]]:
     """``generations`` (one row per image, PNG bytes), ``generate_metrics`` and ``generate_record``."""
-    p = validate_params(params)
+    p = generate_settings(params)
     if p["copy_guard"].enabled and p["guard_threshold_source"] == "descriptor_calibration":
         from copying_study.descriptors.calibration import check_calibration
 
@@ -268,7 +204,7 @@ def generate_images_from_model(
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, Any]]:
     """The ``generate_from_model`` pipeline: sample from the model named by ``generate.model`` (no finetuning run,
     so no training record: prompts must be ``file`` or ``class``)."""
-    p = validate_params(params)
+    p = generate_settings(params)
     if not p["model"]:
         raise ValueError("generate_from_model needs generate.model: a local diffusers folder or a cached HF id")
     if p["prompts"] == "training":
@@ -279,16 +215,12 @@ def generate_images_from_model(
 
 def plot_generations_grid(generations: pd.DataFrame, params: dict[str, Any]) -> Figure:
     """A grid of the first ``grid_size`` generations with their (mitigated) prompts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    p = validate_params(params)
+    p = generate_settings(params)
     rows = generations.head(p["grid_size"])
     cols = max(1, min(8, math.ceil(math.sqrt(len(rows)))))
     nrows = max(1, math.ceil(len(rows) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(1.7 * cols, 1.9 * nrows), squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(1.7 * cols, 1.9 * nrows), constrained_layout=True)
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows.itertuples(index=False), strict=False):

@@ -7,9 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from copying_study.data.captioning import caption_table, settings_from_params
-from copying_study.data.ingest import ingest, validate_params
+from copying_study.data.captioning import caption_table
+from copying_study.data.ingest import ingest
 from copying_study.data.table import ChunkedTable
+from copying_study.schemas import CaptionParams
 
 
 def ingest_training_set(
@@ -21,8 +22,7 @@ def ingest_training_set(
     The training table of a real source is a re-iterable :class:`ChunkedTable` (not a generator), so Kedro passes it
     whole to ``ImageTableDataset.save``, which writes it chunk by chunk.
     """
-    checked = validate_params(params)
-    result = ingest(checked, seed)
+    result = ingest(params, seed)
     return result.table, result.rejects, result.metrics, result.control
 
 
@@ -31,4 +31,4 @@ def caption_training_set(ingested_set: Any, params: dict[str, Any], seed: int, d
     """``training_set``: the ingested table with ``blip_captions`` from ``caption.model`` (one deterministic + N
     sampled captions per image), or the ingested table unchanged when captioning is skipped; ``caption_metrics``
     records which, why, and the model (id, revision, weight sha256) and generation settings used."""
-    return caption_table(ingested_set, settings_from_params(params), seed, device)
+    return caption_table(ingested_set, CaptionParams.from_params(params), seed, device)

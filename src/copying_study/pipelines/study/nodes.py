@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from copying_study.hooks import flatten
+from copying_study.schemas import StudyParams
 from copying_study.study import (
     STAGES,
     render_report,
@@ -23,7 +24,6 @@ from copying_study.study import (
     results_table,
     seed_summary,
     top_copies,
-    validate_study,
 )
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def collect_study(study: dict[str, Any], **cells: dict[str, Any]) -> tuple[pd.Da
 
     ``cells`` maps each cell namespace to its ``collect_cell`` output.
     """
-    validate_study(study)
+    StudyParams.from_params(study)
     if not cells:
         raise ValueError("collect_study got no cells: the study grid is empty")
     rows = [dict(c["row"]) for c in cells.values()]

@@ -3,10 +3,11 @@ complexity_analysis (train cells) or generate → evaluate → complexity_analys
 cells), each condensed by ``collect_cell``; ``collect_study`` writes ``study_results``, ``study_report`` and
 ``study_metrics``.
 
-The registry cannot see parameters, so the grid's cells are read from the configuration files in
-``<cwd>/conf`` (Kedro runs from the project root) for the environment in ``KEDRO_ENV`` (default ``local``): run
-the paper's grid with ``KEDRO_ENV=paper kedro run --pipelines=study``. ``StudyParamsHooks`` supplies each cell's
-parameters at run time.
+The registry cannot see parameters, so ``StudyParamsHooks`` records the run's ``params:study`` when Kedro creates
+the run's context, just before it builds the pipelines: ``kedro run --env paper --pipelines=study`` builds the
+paper's grid. Without a session (``kedro viz``, a notebook) the grid is read from the configuration files in
+``<cwd>/conf`` for the environment in ``KEDRO_ENV`` (default ``local``). ``StudyParamsHooks`` also supplies each
+cell's parameters and checks, before the first node, that the built grid is the run's.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from copying_study.pipelines.evaluate.pipeline import create_pipeline as evaluat
 from copying_study.pipelines.finetune.pipeline import create_pipeline as finetune_pipeline
 from copying_study.pipelines.generate.pipeline import create_pipeline as generate_pipeline
 from copying_study.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
+from copying_study.pipelines.study.hooks import run_study
 from copying_study.pipelines.study.nodes import collect_cell, collect_study
-from copying_study.study import Cell, expand_grid, validate_study
+from copying_study.study import Cell, expand_grid
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +90,15 @@ def study_pipeline(cells: list[Cell]) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """The study grid of the configuration files; an invalid grid gives a one-node pipeline that raises its error
-    when run, so the other pipelines stay usable."""
+    """The study grid of the run (or of the configuration files, outside a session); an invalid grid gives a
+    one-node pipeline that the study hook stops with the grid's error, so the other pipelines stay usable."""
+    known, study = run_study(Path.cwd())
     try:
-        study = configured_study()
+        study = study if known else configured_study()
         cells = expand_grid(study) if study else []
     except ValueError as error:
         logger.warning("study grid is invalid; `kedro run --pipelines=study` will fail: %s", error)
-        return Pipeline([Node(validate_study, "params:study", "study_grid_checked", name="validate_study_grid")])
+        return Pipeline([Node(expand_grid, "params:study", "study_grid_checked", name="validate_study_grid")])
     if not cells:
         return Pipeline([])
     return study_pipeline(cells)
