@@ -217,5 +217,5 @@ def test_control_split_is_seeded_by_key_and_order_free(tmp_path):
     assert len(res.table) == 40 and len(res.control) == 5 and res.metrics["control"]["path"] == str(other)
     with pytest.raises(ValueError, match="ingest.control.fraction"):
         ingest({"source": "imagefolder", "path": str(folder), "control": {"fraction": 1.5}}, seed=0)
-    with pytest.raises(ValueError, match="ingest.control.path .* does not exist"):
+    with pytest.raises(ValueError, match="ingest.control.path: control folder .* does not exist"):
         ingest({"source": "imagefolder", "path": str(folder), "control": {"path": str(tmp_path / "nope")}}, seed=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +46,27 @@ class ReportParams(Params):
     gallery_n: Annotated[int, Field(ge=0)] = 6
 
 
+STATISTIC_NAMES = ("copy_rate", "copy_rate_duplicated", "copy_rate_not_duplicated", "dataset_similarity")
+
+
+class Comparison(Params):
+    """One of the paper's stated differences: cell ``a`` minus cell ``b`` is expected to be ``greater`` (or
+    ``less``) than 0, for each statistic (copy_study.study.findings.STATISTICS)."""
+
+    finding: str
+    a: str
+    b: str
+    expect: Literal["greater", "less"]
+    statistics: Annotated[list[Literal[STATISTIC_NAMES]], Field(min_length=1)] = ["copy_rate", "dataset_similarity"]
+
+
+class IntervalParams(Params):
+    """The two-stage bootstrap of the study's intervals (copying_study.metrics.intervals)."""
+
+    n_boot: Annotated[int, Field(ge=100)] = 2000
+    confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+
+
 class StudyParams(Params):
     """The ``study:`` block."""
 
@@ -56,11 +77,18 @@ class StudyParams(Params):
     inference_cells: dict[str, InferenceCell] = {}
     shared: StageOverrides = StageOverrides()
     report: ReportParams = ReportParams()
+    comparisons: list[Comparison] = []
+    intervals: IntervalParams = IntervalParams()
 
-    @field_validator("inference_cells", "shared", "report", mode="before")
+    @field_validator("inference_cells", "shared", "report", "intervals", mode="before")
     @classmethod
     def _empty(cls, value: Any) -> Any:
         return {} if value is None else value
+
+    @field_validator("comparisons", mode="before")
+    @classmethod
+    def _no_comparisons(cls, value: Any) -> Any:
+        return [] if value is None else value
 
     @model_validator(mode="after")
     def _grid(self) -> StudyParams:
@@ -75,6 +103,10 @@ class StudyParams(Params):
         clash = sorted(set(train) & set(inference))
         if clash:
             raise ValueError(f"{clash} named both in train_cells and inference_cells")
+        for i, comp in enumerate(self.comparisons):
+            unknown = [c for c in (comp.a, comp.b) if c not in train and c not in inference]
+            if unknown:
+                raise ValueError(f"comparisons[{i}] ({comp.finding}) names {unknown}, which is not a cell of the grid")
         for name, cell in inference.items():
             if cell.source not in train:
                 raise ValueError(f"inference_cells.{name}.from must name a train cell ({sorted(train)}), "

@@ -243,7 +243,19 @@ def top_copies(scores: pd.DataFrame, generations: pd.DataFrame, training_set: pd
             for r in best.itertuples() if r.gen_id in gen_png and r.match_image_id in train_png]
 
 
-def seed_summary(results: pd.DataFrame) -> dict[str, float]:
-    """``study_metrics``: per cell, the mean dataset similarity over seeds (``<cell>.dataset_similarity``)."""
+def seed_summary(results: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> dict[str, float]:
+    """``study_metrics``: per cell, the mean dataset similarity over seeds (``<cell>.dataset_similarity_mean``), the
+    pooled copy rates (``<cell>.copy_rate`` ...) when ``results`` has them, and per comparison its difference and
+    whether it was reproduced (``comparison.<a>-<b>.<statistic>`` / ``...reproduced`` as 1.0 or 0.0)."""
+    out: dict[str, float] = {}
     means = results.groupby("cell")["dataset_similarity"].mean()
-    return {f"{cell}.dataset_similarity_mean": float(v) for cell, v in means.items() if np.isfinite(v)}
+    out.update({f"{cell}.dataset_similarity_mean": float(v) for cell, v in means.items() if np.isfinite(v)})
+    for stat in ("copy_rate", "copy_rate_duplicated", "copy_rate_not_duplicated"):
+        if f"cell_{stat}" in results.columns:
+            pooled = results.groupby("cell")[f"cell_{stat}"].first()
+            out.update({f"{cell}.{stat}": float(v) for cell, v in pooled.items() if np.isfinite(v)})
+    for r in (comparisons.itertuples() if comparisons is not None else []):
+        if np.isfinite(r.difference):
+            out[f"comparison.{r.a}-{r.b}.{r.statistic}"] = float(r.difference)
+            out[f"comparison.{r.a}-{r.b}.{r.statistic}.reproduced"] = float(r.verdict == "reproduced")
+    return out

@@ -25,6 +25,7 @@ from copying_study.study import (
     seed_summary,
     top_copies,
 )
+from copying_study.study.findings import generation_values, study_tables
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ def collect_cell(
                                                                  if k.startswith("entropy_") or k == "quality"}})
     row["mlflow_run_id"] = run_id or ""
     copies = top_copies(replication_scores, generations, training_set, int(cell["gallery_n"]))
-    logger.info("study: %s dataset similarity %.3f", cell["namespace"], row["dataset_similarity"])
-    return {"row": row, "top_copies": copies}
+    values = generation_values(cell, replication_scores)
+    logger.info("study: %s copy rate %.3f, dataset similarity %.3f", cell["namespace"], float(values["copy"].mean()),
+                row["dataset_similarity"])
+    return {"row": row, "top_copies": copies, "generations": values}
 
 
 def run_info() -> dict[str, Any]:
@@ -96,17 +99,21 @@ def run_info() -> dict[str, Any]:
     return {}
 
 
-def collect_study(study: dict[str, Any], **cells: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[str, float]]:
-    """``study_results`` (one row per cell and seed), ``study_report`` (HTML) and ``study_metrics``.
+def collect_study(study: dict[str, Any], **cells: dict[str, Any]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str, dict[str, float]]:
+    """``study_results`` (one row per cell and seed, with the cell's intervals), ``study_comparisons`` (the paper's
+    stated differences, paired by seed), ``study_generations`` (every generation's top-1 and copy flag),
+    ``study_report`` (HTML) and ``study_metrics``.
 
     ``cells`` maps each cell namespace to its ``collect_cell`` output.
     """
-    StudyParams.from_params(study)
+    grid = StudyParams.from_params(study)
     if not cells:
         raise ValueError("collect_study got no cells: the study grid is empty")
     rows = [dict(c["row"]) for c in cells.values()]
     run_ids = {r["namespace"]: r.pop("mlflow_run_id", "") for r in rows}
-    results = results_table(rows)
+    gens = pd.concat([c["generations"] for c in cells.values()], ignore_index=True)
+    results, comparisons, gens = study_tables(results_table(rows), gens, grid)
     results["mlflow_run_id"] = results["namespace"].map(run_ids)
     galleries: dict[str, list[dict[str, Any]]] = {}
     shown: set[str] = set()
@@ -115,5 +122,5 @@ def collect_study(study: dict[str, Any], **cells: dict[str, Any]) -> tuple[pd.Da
         if row["cell"] not in shown:  # the first seed of each cell
             shown.add(row["cell"])
             galleries[f"{row['cell']} (seed {row['seed']})"] = cells[ns]["top_copies"]
-    report = render_report(results, galleries, run_info())
-    return results, report, seed_summary(results)
+    report = render_report(results, comparisons, galleries, run_info())
+    return results, comparisons, gens, report, seed_summary(results, comparisons)

@@ -84,7 +84,8 @@ def cell_pipeline(cell: Cell) -> Pipeline:
 def study_pipeline(cells: list[Cell]) -> Pipeline:
     """Data stages once, every cell, then ``collect_study``."""
     collect = Node(collect_study, inputs={"study": "params:study", **{c.namespace: cell_output(c) for c in cells}},
-                   outputs=["study_results", "study_report", "study_metrics"], name="collect_study")
+                   outputs=["study_results", "study_comparisons", "study_generations", "study_report", "study_metrics"],
+                   name="collect_study")
     data = ingest_pipeline() + dedup_pipeline()
     return sum((cell_pipeline(c) for c in cells), data) + Pipeline([collect])
 
