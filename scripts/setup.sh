@@ -22,3 +22,9 @@ if [ ! -d .venv/fid-check/torch_fidelity ]; then
   .venv/bin/python -m pip install --quiet --no-deps --target .venv/fid-check torch-fidelity==0.4.0
 fi
 .venv/bin/python -c "import torch, diffusers, kedro, faiss, mlflow; print('set up: torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+# The embedded base model every default finetune starts from (docs/finetune.md "The embedded base model"): pretrained
+# once, cached under data/06_models/embedded_base/ (a no-op when it is there). CI and the tests do not need it
+# (they build a seconds-sized one): COPYING_STUDY_SKIP_BASE=1 skips it.
+if [ -z "${COPYING_STUDY_SKIP_BASE:-}" ]; then
+  .venv/bin/copying-study build-base
+fi

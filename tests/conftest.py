@@ -70,13 +70,33 @@ def tiny_training_set() -> pd.DataFrame:
     return make_training_set()
 
 
+#: a seconds-sized recipe for the embedded base model (the real build path, a toy budget): the project fixture's
+#: conf uses it, so every end-to-end test finetunes from an embedded base it builds itself
+TINY_BASE = {"n_images": 32, "steps": 4, "batch_size": 8, "lr_warmup_steps": 1,
+             "autoencoder": {"steps": 4, "batch_size": 8},
+             "tiny": {"unet_channels": [32, 64, 64], "unet_attention_levels": [False, True, True]}}
+
+
+def use_tiny_base(conf: Path) -> None:
+    """Point ``finetune.embedded_base`` of the copied ``conf/base`` at :data:`TINY_BASE`."""
+    import yaml
+
+    path = conf / "base" / "parameters_finetune.yml"
+    params = yaml.safe_load(path.read_text())
+    if params["finetune"].get("base_model") == "embedded":
+        params["finetune"]["embedded_base"] = TINY_BASE
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture
 def kedro_project(tmp_path, monkeypatch) -> Path:
-    """A copy of the project's conf + pyproject in a temp dir, so runs write their data/ and mlflow.db there."""
+    """A copy of the project's conf + pyproject in a temp dir, so runs write their data/ and mlflow.db there (the
+    embedded base model's recipe shrunk to :data:`TINY_BASE`)."""
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
     shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    use_tiny_base(project / "conf")
     (project / "conf" / "local").mkdir()
     (project / "data").mkdir()
     (project / "src").mkdir()  # bootstrap_project checks the source dir exists

@@ -45,13 +45,13 @@ MODEL_DIR = "model"
 
 #: the base model's recipe (every key can be overridden by ``finetune.embedded_base``; docs/finetune.md)
 BASE_DEFAULTS: dict[str, Any] = {
-    "n_images": 4000,
+    "n_images": 2000,
     "resolution": 32,
     "n_captions": 5,
     "complexity_weights": [1.0, 1.0, 1.0, 1.0],
-    "autoencoder": {},  # overrides of copying_study.diffusion.autoencoder.AUTOENCODER_DEFAULTS
+    "autoencoder": {"steps": 800},  # overrides of copying_study.diffusion.autoencoder.AUTOENCODER_DEFAULTS
     "tiny": {"unet_channels": [64, 128, 128], "unet_attention_levels": [False, True, True]},
-    "steps": 3000,
+    "steps": 1500,
     "batch_size": 32,
     "learning_rate": 1.0e-3,
     "lr_warmup_steps": 100,
