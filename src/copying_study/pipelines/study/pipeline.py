@@ -72,7 +72,9 @@ def cell_pipeline(cell: Cell) -> Pipeline:
     """The namespaced stages of one (cell, seed)."""
     stages = generate_pipeline() + evaluate_pipeline() + complexity_pipeline() + Pipeline([_collect_node()])
     if cell.kind == "train":
-        return Pipeline(finetune_pipeline() + stages, namespace=cell.namespace, inputs=set(SHARED_INPUTS),
+        # kedro_run_id (the run's id, which the tracking hook provides) scopes each finetune's checkpoints
+        return Pipeline(finetune_pipeline() + stages, namespace=cell.namespace,
+                        inputs=set(SHARED_INPUTS) | {"kedro_run_id"},
                         outputs={"study_cell": cell_output(cell)}, parameters=dict(SHARED_PARAMETERS))
     source = cell.source_namespace
     inputs = {**{name: name for name in SHARED_INPUTS - {"finetune_set"}},
