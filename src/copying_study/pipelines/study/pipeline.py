@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
@@ -79,8 +80,12 @@ def cell_pipeline(cell: Cell) -> Pipeline:
     source = cell.source_namespace
     inputs = {**{name: name for name in SHARED_INPUTS - {"finetune_set"}},
               "finetuned_model": f"{source}.finetuned_model", "training_record": f"{source}.training_record"}
-    return Pipeline(stages, namespace=cell.namespace, inputs=inputs, outputs={"study_cell": cell_output(cell)},
-                    parameters=dict(SHARED_PARAMETERS))
+    with warnings.catch_warnings():
+        # An inference cell reads its train cell's model: a dataset of another namespace, by design. Kedro warns
+        # about any input whose dotted prefix is not the node's own namespace.
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'", category=UserWarning)
+        return Pipeline(stages, namespace=cell.namespace, inputs=inputs, outputs={"study_cell": cell_output(cell)},
+                        parameters=dict(SHARED_PARAMETERS))
 
 
 def study_pipeline(cells: list[Cell]) -> Pipeline:

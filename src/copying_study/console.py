@@ -1,0 +1,76 @@
+"""What a ``kedro run`` prints on a terminal: one line per node, the project's own messages, warnings, and the
+closing summary; ``kedro run --verbose`` brings back Kedro's per-dataset and per-task lines.
+
+* :func:`quiet_third_party` (called from ``settings.py``, before any pipeline module imports transformers or
+  diffusers) lowers transformers', diffusers' and MLflow's own log levels to errors/warnings (an environment
+  variable the user set wins) and hides the one deprecation warning Kedro 1.7 itself triggers in OmegaConf 2.4
+  (``register_new_resolver``): nothing in this project can change that call.
+* :class:`ConsoleFilter` (put on the root logger's handlers by :class:`ConsoleHooks`: Kedro refuses project
+  classes in ``conf/logging.yml``) drops Kedro's "Completed node" /
+  "Completed k out of n tasks" / synchronous-mode lines and shortens "Running node: name: func([...]) -> [...]" to
+  the node's name. Records at WARNING or above always pass.
+* :class:`ConsoleHooks` turns both back on for ``--verbose``: the data catalog's "Loading data from" / "Saving data
+  to" lines (``kedro.io.data_catalog`` is at WARNING in ``conf/logging.yml``) and every line the filter drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from kedro.framework.hooks import hook_impl
+
+THIRD_PARTY_LEVELS = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                      "MLFLOW_LOGGING_LEVEL": "WARNING"}
+DATA_CATALOG_LOGGER = "kedro.io.data_catalog"
+_DROPPED = ("Completed node: %s", "Completed %d out of %d tasks", "Using synchronous mode")
+
+
+def quiet_third_party() -> None:
+    """Lower third-party verbosity for this process (unless the user set the variables) and hide Kedro's own
+    OmegaConf deprecation warning."""
+    for name, level in THIRD_PARTY_LEVELS.items():
+        os.environ.setdefault(name, level)
+    warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning,
+                            module=r"kedro\.config")
+
+
+def cli_verbose() -> bool:
+    """Whether the Kedro CLI command was given ``--verbose`` (Kedro records it on ``KedroCliError``)."""
+    from kedro.framework.cli.utils import KedroCliError
+
+    return bool(KedroCliError.VERBOSE_ERROR)
+
+
+class ConsoleFilter(logging.Filter):
+    """One line per node on the console (see the module docstring); ``verbose`` lets everything through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verbose = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose or record.levelno >= logging.WARNING:
+            return True
+        if record.name.startswith("kedro.runner") and str(record.msg).startswith(_DROPPED):
+            return False
+        if record.name == "kedro.pipeline.node" and record.msg == "Running node: %s" and record.args:
+            record.args = (str(record.args[0]).split(": ", 1)[0],)
+        return True
+
+
+CONSOLE_FILTER = ConsoleFilter()
+
+
+class ConsoleHooks:
+    """Puts :data:`CONSOLE_FILTER` on the root logger's handlers; for ``kedro run --verbose`` the data catalog's
+    load/save lines and the filtered runner lines come back."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(CONSOLE_FILTER)  # once: logging skips a filter already there
+        CONSOLE_FILTER.verbose = cli_verbose()
+        if CONSOLE_FILTER.verbose:
+            logging.getLogger(DATA_CATALOG_LOGGER).setLevel(logging.INFO)
