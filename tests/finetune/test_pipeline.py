@@ -32,7 +32,7 @@ def conf(env: str) -> dict:
 
 def test_base_and_paper_configs_validate_without_weights():
     base = FinetuneParams.from_params(conf("base")["finetune"])
-    assert base.base_model == "tiny" and base.train_text_encoder and base.duplication == "full"
+    assert base.base_model == "embedded" and base.train_text_encoder and base.duplication == "full"
     paper = FinetuneParams.from_params(conf("paper")["finetune"])
     assert paper.base_model == "stabilityai/stable-diffusion-2-1"
     assert (paper.resolution, paper.batch_size, paper.steps) == (256, 16, 100_000)

@@ -178,7 +178,7 @@ def test_over_seeds_and_the_mitigation_table_compare_with_the_baseline():
 def test_base_and_paper_grids_expand_and_merge_with_the_project_parameters():
     from kedro.config import OmegaConfigLoader
 
-    for env, seeds, n_min in (("base", 2, 10), ("paper", 3, 25)):
+    for env, seeds, n_min in (("base", 3, 15), ("paper", 3, 25)):
         tree = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env=env)["parameters"]
         cells = expand_grid(tree["study"])
         assert len({c.seed for c in cells}) == seeds and len({c.name for c in cells}) >= n_min
