@@ -97,7 +97,10 @@ def _ddf_figure(cells: pd.DataFrame, statistics: list[str], title: str) -> str:
         ax.set_ylabel(LABELS[stat])
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
+    seen: set[str] = set()
     for duplication, pts in points.items():
+        pts = pts[~pts["cell"].isin(seen)]  # the no-duplication cell starts both lines: one row
+        seen.update(pts["cell"])
         rows += [f"<tr><td>{html.escape(r.cell)}</td><td>{duplication if r.duplication != 'none' else 'none'}</td>"
                  f"<td>{_fmt(r.ddf, 0)}</td>" + "".join(f"<td>{_ci(r, s)}</td>" for s in statistics) + "</tr>"
                  for r in pts.itertuples()]
