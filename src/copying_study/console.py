@@ -1,5 +1,7 @@
 """What a ``kedro run`` prints on a terminal: one line per node, the project's own messages, warnings, and the
-closing summary; ``kedro run --verbose`` brings back Kedro's per-dataset and per-task lines.
+closing summary; ``COPYING_STUDY_VERBOSE=1 kedro run`` brings back Kedro's per-dataset and per-task lines (Kedro
+1.7's ``kedro run`` has no ``--verbose`` option; the commands that have one, e.g. ``kedro -v``-style plugin
+commands, set it too).
 
 * :func:`quiet_third_party` (called from ``settings.py``, before any pipeline module imports transformers or
   diffusers) lowers transformers', diffusers' and MLflow's own log levels to errors/warnings (an environment
@@ -9,7 +11,7 @@ closing summary; ``kedro run --verbose`` brings back Kedro's per-dataset and per
   classes in ``conf/logging.yml``) drops Kedro's "Completed node" /
   "Completed k out of n tasks" / synchronous-mode lines and shortens "Running node: name: func([...]) -> [...]" to
   the node's name. Records at WARNING or above always pass.
-* :class:`ConsoleHooks` turns both back on for ``--verbose``: the data catalog's "Loading data from" / "Saving data
+* :class:`ConsoleHooks` turns both back on when verbose (``COPYING_STUDY_VERBOSE=1``): the data catalog's "Loading data from" / "Saving data
   to" lines (``kedro.io.data_catalog`` is at WARNING in ``conf/logging.yml``) and every line the filter drops.
 """
 
@@ -37,10 +39,12 @@ def quiet_third_party() -> None:
 
 
 def cli_verbose() -> bool:
-    """Whether the Kedro CLI command was given ``--verbose`` (Kedro records it on ``KedroCliError``)."""
+    """Whether the console should be verbose: ``COPYING_STUDY_VERBOSE`` is set to 1/true/yes, or the Kedro command
+    was given ``--verbose`` (Kedro records it on ``KedroCliError``; ``kedro run`` itself has no such option)."""
     from kedro.framework.cli.utils import KedroCliError
 
-    return bool(KedroCliError.VERBOSE_ERROR)
+    env = os.environ.get("COPYING_STUDY_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or bool(KedroCliError.VERBOSE_ERROR)
 
 
 class ConsoleFilter(logging.Filter):

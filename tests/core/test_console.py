@@ -13,8 +13,8 @@ from copying_study.console import ConsoleFilter
 from copying_study.utils.progress import progress, progress_enabled
 
 
-def kedro_cli(project, *args: str):
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+def kedro_cli(project, *args: str, verbose: bool = False):
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COPYING_STUDY_VERBOSE": "1" if verbose else "0"}
     env.pop("COPYING_STUDY_NO_PROGRESS", None)  # as a user runs it (the subprocess has no terminal: no bars)
     proc = subprocess.run([sys.executable, "-m", "kedro", "run", *args], cwd=project, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -32,7 +32,7 @@ def test_a_pipeline_run_through_the_cli_prints_no_warning_and_one_line_per_node(
     assert "Pipeline execution completed successfully" in out
     assert len(out.splitlines()) <= 10, out
 
-    verbose = kedro_cli(kedro_project, "--pipelines=ingest", "--to-nodes=ingest_training_set", "--verbose")
+    verbose = kedro_cli(kedro_project, "--pipelines=ingest", "--to-nodes=ingest_training_set", verbose=True)
     assert "Loading data from params:ingest" in verbose and "Saving data to training_set" not in verbose
     assert "Saving data to control_set" in verbose and "Completed 1 out of 1 tasks" in verbose, verbose
 
