@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from copying_study.metrics.intervals import copy_rate, dataset_similarity, hierarchical_interval, paired_difference
+from copying_study.metrics.intervals import (
+    copy_rate,
+    dataset_similarity,
+    hierarchical_interval,
+    paired_difference,
+)
 
 
 def test_a_constant_has_a_point_interval():
