@@ -28,7 +28,7 @@ import numpy as np
 
 # Keys that describe how a run went, not what it computed: timings, ids, paths, and resuming (exact either way).
 VOLATILE = re.compile(r"(seconds|_per_s$|per_second|duration|elapsed|timestamp|wall|_time$|^time$|run_id|"
-                      r"mlflow|version|path|created|date|host|^resume$|resumed_from)", re.IGNORECASE)
+                      r"mlflow|version|path|^folder$|created|date|host|^resume$|resumed_from|^built_now$)", re.IGNORECASE)
 
 
 @dataclass

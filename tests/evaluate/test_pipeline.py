@@ -111,9 +111,10 @@ def test_evaluate_folder_pipeline_needs_no_generations_or_record(project, tmp_pa
         decode_image(data).save(folder / f"img{i}.png")
         rows.append({"file_name": f"img{i}.png", "text": f"prompt {i}"})
     pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
-    # `evaluate` needs the generations table and the finetuning record, which this project never made: Kedro names
-    # the missing input
-    with pytest.raises(Exception, match="(generations|training_record).*Did not find any versions"):
+    # `evaluate` needs the generations table and the finetuning record, which this project never made: the run
+    # checks name each missing input and the stage that makes it before any node runs
+    with pytest.raises(Exception, match=r"(?s)nothing was run.*generations: made by the generate stage.*"
+                                        r"training_record: made by the finetune stage"):
         run_kedro(project, ["evaluate"], params=PARAMS)
 
     run_kedro(project, ["evaluate_folder"], params={**PARAMS, "evaluate": {**PARAMS["evaluate"],

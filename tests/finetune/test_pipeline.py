@@ -79,7 +79,7 @@ def test_pipeline_trains_saves_a_loadable_model_record_metrics_and_grids(kedro_p
     table = make_training_set(n=10, size=16, seed=4)
     write_finetune_set(project, table)
     params = {
-        "tiny": TEST_TINY, "resolution": 16, "steps": 6, "batch_size": 4, "log_every": 2, "sample_every": 3,
+        "base_model": "tiny", "tiny": TEST_TINY, "resolution": 16, "steps": 6, "batch_size": 4, "log_every": 2, "sample_every": 3,
         "sample_prompts": 2, "sample_steps": 2, "checkpoint_every": 3, "duplication": "full", "dup_fraction": 0.2,
         "ddf": 4, "mitigation": "rt",
     }

@@ -285,6 +285,6 @@ def render_report(results: pd.DataFrame, comparisons: pd.DataFrame | None,
              "Copy rate = share of generations that are copies; dataset similarity = 95th percentile of top-1. "
              "Intervals: 95% two-stage bootstrap (seeds, then generations within each seed). Blue boxes state the "
              "paper's direction.</p>")
-    sections = "".join(f"<h2>{html.escape(title)}</h2>{body}" for title, body in zip(SECTIONS, bodies, strict=True))
+    sections = "".join(f"<h2>{html.escape(title, quote=False)}</h2>{body}" for title, body in zip(SECTIONS, bodies, strict=True))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>copying_study: study report</title>"
             f"<style>{CSS}</style></head><body><h1>copying_study: study report</h1>{intro}{sections}</body></html>")
