@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-# Keys that describe how a run went, not what it computed: timings, ids, paths, and resuming (exact either way).
+# Keys that describe how a run went, not what it computed: timings, ids, paths, resuming (exact either way), whether
+# the base model was built by this run, and MLflow's system metrics (CPU/GPU load, memory).
 VOLATILE = re.compile(r"(seconds|_per_s$|per_second|duration|elapsed|timestamp|wall|_time$|^time$|run_id|"
-                      r"mlflow|version|path|^folder$|created|date|host|^resume$|resumed_from|^built_now$)", re.IGNORECASE)
+                      r"mlflow|version|path|^folder$|created|date|host|^resume$|resumed_from|^built_now$|^system/)", re.IGNORECASE)
 
 
 @dataclass

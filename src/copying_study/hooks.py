@@ -32,6 +32,22 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT_ENV = "COPYING_STUDY_EXPERIMENT"
 DEFAULT_EXPERIMENT = "copying_study"
+SYSTEM_METRICS_ENV = "COPYING_STUDY_SYSTEM_METRICS"  # auto (runs that finetune) | 1 (every run) | 0 (never)
+
+
+def system_metrics_wanted(pipeline: Any) -> bool:
+    """Whether the run's MLflow run records system metrics (MLflow's own ``log_system_metrics``: CPU, memory, disk,
+    network, and GPU utilisation and memory when ``nvidia-ml-py`` is installed): by default when the run trains a
+    model (a ``finetune_model`` node, a study cell's included); ``COPYING_STUDY_SYSTEM_METRICS=1`` / ``0`` for
+    every run / none. The sampling interval is MLflow's ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` (10 s)."""
+    choice = os.environ.get(SYSTEM_METRICS_ENV, "auto").strip().lower()
+    if choice in ("1", "true", "on", "yes"):
+        return True
+    if choice in ("0", "false", "off", "no"):
+        return False
+    if choice != "auto":
+        raise ValueError(f"{SYSTEM_METRICS_ENV}={choice!r}: use auto, 1 or 0")
+    return any(n.name.split(".")[-1] == "finetune_model" for n in pipeline.nodes)
 MANIFEST_DATASET = "run_manifest"
 RUN_ID_DATASET = "kedro_run_id"
 
@@ -179,10 +195,12 @@ class MlflowTrackingHooks:
         if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
             artifact_root = (project_path / "mlruns").resolve().as_uri()
         ensure_experiment(name, artifact_root)
+        system = system_metrics_wanted(pipeline)
         if mlflow.active_run() is not None:  # a caller (e.g. the study's parent run) opened one: nest
-            mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}", nested=True)
+            mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}", nested=True,
+                             log_system_metrics=system)
         else:
-            mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}")
+            mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}", log_system_metrics=system)
         self._active = True
         self.record["mlflow_run_id"] = mlflow.active_run().info.run_id
         tags = {
@@ -354,6 +372,12 @@ class MlflowTrackingHooks:
             mlflow.set_tags({f"{prefix}controls": data["controls"]["status"],
                              f"{prefix}copy_threshold": str(data.get("copy_threshold")),
                              f"{prefix}descriptor": str((data.get("descriptor") or {}).get("name"))})
+        if type(ds).__name__ == "DiffusersPipelineDataset":
+            # the saved model's folder and checksum on the run's page (the weights stay in the catalog's folder)
+            path = saved_path(ds)
+            if path is not None and path.is_dir():
+                mlflow.set_tags({f"{dataset_name}.path": str(path.resolve()),
+                                 f"{dataset_name}.sha256": str(self.record["weights"].get(dataset_name))})
         meta = (getattr(ds, "metadata", None) or {}).get("copying_study", {}) if ds is not None else {}
         if meta.get("mlflow_artifact"):
             path = saved_path(ds)

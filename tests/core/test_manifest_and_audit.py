@@ -2,6 +2,7 @@ import io
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from copying_study.audit import compare_frames, compare_json, compare_paths
@@ -86,3 +87,24 @@ def test_resuming_is_not_a_difference():
     b = {"settings": {"resume": False, "lr": 0.1}, "resumed_from_step": 300}
     assert compare_json(a, b, 0.0) == []
     assert compare_json(a, {**b, "settings": {"resume": False, "lr": 0.2}}, 0.0) == ["settings.lr: 0.1 vs 0.2"]
+
+
+def test_system_metrics_are_recorded_for_runs_that_finetune_unless_switched(monkeypatch):
+    from kedro.pipeline import Node, Pipeline
+
+    from copying_study.hooks import SYSTEM_METRICS_ENV, system_metrics_wanted
+
+    def f(x):
+        return x
+
+    trains = Pipeline([Node(f, "a", "b", name="finetune_model", namespace="full_ddf10__s0")])
+    other = Pipeline([Node(f, "a", "b", name="evaluate_generations")])
+    monkeypatch.delenv(SYSTEM_METRICS_ENV, raising=False)
+    assert system_metrics_wanted(trains) and not system_metrics_wanted(other)
+    monkeypatch.setenv(SYSTEM_METRICS_ENV, "1")
+    assert system_metrics_wanted(other)
+    monkeypatch.setenv(SYSTEM_METRICS_ENV, "0")
+    assert not system_metrics_wanted(trains)
+    monkeypatch.setenv(SYSTEM_METRICS_ENV, "sometimes")
+    with pytest.raises(ValueError, match=SYSTEM_METRICS_ENV):
+        system_metrics_wanted(trains)

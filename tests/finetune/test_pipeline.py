@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from copying_study.diffusion.models import PixelShuffleAutoencoder, load_pipeline, weights_checksum
+from copying_study.manifest import folder_checksum
 from copying_study.pipelines.finetune import nodes
 from copying_study.pipelines.finetune.pipeline import create_pipeline
 from copying_study.schemas import FinetuneParams
@@ -73,8 +74,9 @@ def latest(project: Path, relative: str) -> Path:
 
 
 @pytest.mark.slow
-def test_pipeline_trains_saves_a_loadable_model_record_metrics_and_grids(kedro_project):
+def test_pipeline_trains_saves_a_loadable_model_record_metrics_and_grids(kedro_project, monkeypatch):
     project = kedro_project
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # MLflow's own (default 10 s)
     (project / "src").mkdir(exist_ok=True)
     table = make_training_set(n=10, size=16, seed=4)
     write_finetune_set(project, table)
@@ -108,6 +110,9 @@ def test_pipeline_trains_saves_a_loadable_model_record_metrics_and_grids(kedro_p
     metrics = json.loads(latest(project, "data/08_reporting/finetune_metrics.json").read_text())
     assert [s for s, _ in metrics["train_loss"]] == [2, 4, 6]
     assert len(metrics["learning_rate"]) == 3 and metrics["samples_per_s"] > 0
+    assert [s for s, _ in metrics["steps_per_s"]] == [2, 4, 6] and all(v > 0 for _, v in metrics["steps_per_s"])
+    for (_, steps), (_, images) in zip(metrics["steps_per_s"], metrics["images_per_s"], strict=True):
+        assert images == pytest.approx(steps * params["batch_size"])
     grids = latest(project, "data/08_reporting/finetune_sample_grids")
     assert sorted(p.name for p in grids.iterdir()) == ["step_0000003.png", "step_0000006.png"]
 
@@ -117,5 +122,10 @@ def test_pipeline_trains_saves_a_loadable_model_record_metrics_and_grids(kedro_p
     run = mlflow.search_runs(experiment_names=["copying_study"], output_format="list")[0]
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [2, 4, 6]
+    throughput = mlflow.MlflowClient().get_metric_history(run.info.run_id, "images_per_s")
+    assert [m.step for m in throughput] == [2, 4, 6]
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow's system metrics, during finetuning
+    assert run.data.tags["finetuned_model.path"] == str(folder.resolve())
+    assert run.data.tags["finetuned_model.sha256"] == folder_checksum(folder)["sha256"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"finetune_sample_grids", "training_record"} <= artifacts

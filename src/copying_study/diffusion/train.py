@@ -339,6 +339,7 @@ class TrainResult:
     plan: TrainingPlan
     loss_history: list[list[float]]  # [[step, mean loss over the logging window], ...]
     lr_history: list[list[float]]
+    throughput_history: list[list[float]]  # [[step, steps/s, images/s over the logging window], ...]
     sample_grids: dict[int, np.ndarray]  # step -> uint8 [H, W, 3]
     samples_per_image: np.ndarray  # how often each image was drawn
     seconds: float
@@ -479,6 +480,7 @@ def train(
     step_losses: list[float] = []
     loss_history: list[list[float]] = []
     lr_history: list[list[float]] = []
+    throughput_history: list[list[float]] = []
     sample_grids: dict[int, np.ndarray] = {}
     if s.resume_from:
         last: Path | None = Path(s.resume_from).expanduser()
@@ -501,6 +503,7 @@ def train(
         counts = state["counts"]
         step_losses, loss_history, lr_history = state["step_losses"], state["loss_history"], state["lr_history"]
         sample_grids = state["sample_grids"]
+        throughput_history = state.get("throughput_history", [])
         logger.info("resuming finetuning from %s (step %d of %d)", last, start_step, s.steps)
     if s.checkpoint_every and is_main:
         logger.info("checkpoints of this run: %s (removed when training completes; resume a stopped run with "
@@ -509,6 +512,8 @@ def train(
     grid_rows = _grid_prompts(plan, s.sample_prompts)
     pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log/checkpoint, not per step)
     t_train = time.perf_counter()
+    # throughput over each logging window, without the time spent on sample grids and checkpoints
+    t_window, window_start, paused = t_train, start_step, 0.0
     bar = progress(range(start_step, s.steps), desc="finetune", total=s.steps - start_step, unit="step")
     for step in bar:
         batch = draw_step(plan, s, step, seed)
@@ -561,6 +566,12 @@ def train(
             window = step_losses[-(done - (int(loss_history[-1][0]) if loss_history else 0)):]
             loss_history.append([done, float(np.mean(window))])
             lr_history.append([done, float(lr_scheduler.get_last_lr()[0])])
+            now = time.perf_counter()
+            elapsed = max(now - t_window - paused, 1e-9)
+            throughput_history.append([done, (done - window_start) / elapsed,
+                                       (done - window_start) * s.batch_size / elapsed])
+            t_window, window_start, paused = now, done, 0.0
+        t_aside = time.perf_counter()
         if is_main and s.sample_every and (done % s.sample_every == 0 or done == s.steps):
             sample_grids[done] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
         if checkpoint_now:
@@ -570,7 +581,9 @@ def train(
                 "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "rng": _rng_state(), "counts": counts, "step_losses": step_losses,
                 "loss_history": loss_history, "lr_history": lr_history, "sample_grids": sample_grids,
+                "throughput_history": throughput_history,
             }, s.keep_checkpoints)
+        paused += time.perf_counter() - t_aside
     seconds = time.perf_counter() - t_train
     steps_run = s.steps - start_step
     if accelerator is not None:
@@ -591,7 +604,8 @@ def train(
     logger.info("finetuned %d steps in %.1f s (%.1f samples/s; latents encoded in %.1f s)",
                 steps_run, seconds, steps_run * s.batch_size / max(seconds, 1e-9), encode_seconds)
     return TrainResult(
-        pipe=pipe, plan=plan, loss_history=loss_history, lr_history=lr_history, sample_grids=sample_grids,
+        pipe=pipe, plan=plan, loss_history=loss_history, lr_history=lr_history,
+        throughput_history=throughput_history, sample_grids=sample_grids,
         samples_per_image=counts, seconds=seconds,
         samples_per_s=steps_run * s.batch_size / max(seconds, 1e-9), steps_run=steps_run,
         resumed_from=resumed_from, resumed_checkpoint=str(last) if last is not None else None,

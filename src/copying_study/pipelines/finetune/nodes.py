@@ -76,6 +76,9 @@ def finetune_model(
     metrics = {
         "train_loss": result.loss_history,
         "learning_rate": result.lr_history,
+        # training throughput as stepped metrics beside the loss (timings: the audit skips them)
+        "steps_per_s": [[step, sps] for step, sps, _ in result.throughput_history],
+        "images_per_s": [[step, ips] for step, _, ips in result.throughput_history],
         "samples_per_s": result.samples_per_s,
         "train_seconds": result.seconds,
     }
