@@ -8,7 +8,13 @@ STAGES = ("ingest", "dedup_clusters", "finetune", "generate", "evaluate", "compl
 
 
 def register_pipelines() -> dict[str, Pipeline]:
+    """Each stage's nodes in a namespace of the stage's name, datasets and parameters not renamed: kedro-viz draws
+    the stages as collapsible groups in the data's order, and ``kedro run --namespaces=finetune`` selects one. Node
+    names gain the prefix (``finetune.finetune_model``). The study keeps its own namespaces (one per cell)."""
     pipelines = find_pipelines(raise_errors=True)
+    for name in STAGES:
+        if name in pipelines:
+            pipelines[name] = Pipeline(pipelines[name], namespace=name, prefix_datasets_with_namespace=False)
     pipelines["__default__"] = sum(
         (pipelines[name] for name in STAGES if name in pipelines), Pipeline([])
     )

@@ -44,8 +44,8 @@ def test_pipeline_shape_and_place_in_the_data_order():
     assert pipe.outputs() == {"training_set", "caption_metrics"}
     assert "caption" not in STAGES  # captioning is the last node of the ingest stage
     pipelines = register_pipelines()
-    assert "caption_training_set" in {n.name for n in pipelines["ingest"].nodes}
-    assert "caption_training_set" in {n.name for n in pipelines["__default__"].nodes}
+    assert "ingest.caption_training_set" in {n.name for n in pipelines["ingest"].nodes}
+    assert "ingest.caption_training_set" in {n.name for n in pipelines["__default__"].nodes}
     assert "training_set" in pipelines["dedup_clusters"].inputs()
 
 

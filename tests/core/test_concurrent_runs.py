@@ -76,7 +76,7 @@ def descriptor_ids(project: Path, version: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_run_reads_the_training_set_it_saved_not_the_one_another_run_saved_meanwhile(kedro_project, with_hook):
-    with_hook(RunBetweenNodes("ingest_training_set", kedro_project))
+    with_hook(RunBetweenNodes("ingest.ingest_training_set", kedro_project))
     run_kedro(kedro_project, ["ingest", "dedup_clusters"], params=SMALL)
     a = record()
     tables = versions(kedro_project, "data/03_primary/training_set.parquet")
@@ -90,7 +90,7 @@ def test_a_run_reads_the_training_set_it_saved_not_the_one_another_run_saved_mea
 def test_an_input_is_read_at_the_version_it_had_when_the_run_started(kedro_project, with_hook):
     run_kedro(kedro_project, ["ingest"], params=SMALL)
     (first,) = versions(kedro_project, "data/03_primary/training_set.parquet")
-    with_hook(RunBetweenNodes("dedup_descriptors", kedro_project))
+    with_hook(RunBetweenNodes("dedup_clusters.dedup_descriptors", kedro_project))
     run_kedro(kedro_project, ["dedup_clusters"], params=SMALL)  # every later node reads training_set again
     a = record()
     assert len(versions(kedro_project, "data/03_primary/training_set.parquet")) == 2

@@ -28,11 +28,12 @@ def test_a_pipeline_run_through_the_cli_prints_no_warning_and_one_line_per_node(
     assert "Loading data from" not in out and "Saving data to" not in out, out
     assert "[transformers]" not in out and "Completed 1 out of" not in out, out
     running = [line for line in out.splitlines() if "Running node:" in line]
+    # Kedro's "Running node" line names the node without its stage namespace
     assert [line.split("Running node: ")[1] for line in running] == ["ingest_training_set", "caption_training_set"]
     assert "Pipeline execution completed successfully" in out
     assert len(out.splitlines()) <= 10, out
 
-    verbose = kedro_cli(kedro_project, "--pipelines=ingest", "--to-nodes=ingest_training_set", verbose=True)
+    verbose = kedro_cli(kedro_project, "--pipelines=ingest", "--to-nodes=ingest.ingest_training_set", verbose=True)
     assert "Loading data from params:ingest" in verbose and "Saving data to training_set" not in verbose
     assert "Saving data to control_set" in verbose and "Completed 1 out of 1 tasks" in verbose, verbose
 

@@ -76,7 +76,7 @@ def test_a_failed_run_writes_its_manifest_with_the_error(kedro_project, tmp_path
         run_kedro(kedro_project, ["ingest"], params={"ingest": {"source": "imagefolder", "path": str(folder)}})
     (path,) = (kedro_project / "data/08_reporting/run_manifest.json").glob("*/run_manifest.json")
     manifest = json.loads(path.read_text())
-    assert manifest["status"] == "failed" and manifest["failed_node"] == "ingest_training_set"
+    assert manifest["status"] == "failed" and manifest["failed_node"] == "ingest.ingest_training_set"
     assert "metadata.csv or metadata.jsonl" in manifest["error"]
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
     (run,) = mlflow.search_runs(experiment_names=["copying_study"], output_format="list")
