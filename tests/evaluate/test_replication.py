@@ -157,3 +157,12 @@ def test_planted_cluster_split():
     assert out["not_planted"]["mean"] == pytest.approx(0.15)
     assert out["per_cluster"] == {"3": {"n": 2, "mean": pytest.approx(0.8), "max": pytest.approx(0.9)}}
     assert out["n_unknown"] == 1
+
+
+def test_scipy_bootstrap_agrees_with_the_hand_written_one_it_replaced_within_monte_carlo_error():
+    # The hand-written percentile bootstrap (before scipy.stats.bootstrap replaced it) gave, on this data with
+    # seed 3 and 20000 resamples, (0.51279, 0.60266). Over 10 seeds scipy's endpoints vary by sd 0.0020 / 0.0003,
+    # so another seed must land within 5 sd (0.010) of the old interval.
+    x = np.random.default_rng(0).beta(2, 5, size=200)
+    lo, hi = rep.bootstrap_percentile_interval(x, seed=11, name="g", n_boot=20000)
+    assert lo == pytest.approx(0.51279, abs=0.010) and hi == pytest.approx(0.60266, abs=0.010)

@@ -1,10 +1,11 @@
 """Correlation of a measure with a score: Pearson and Spearman r, their p-values and seeded bootstrap intervals.
 
 Point estimates and p-values come from ``scipy.stats.pearsonr`` / ``spearmanr`` (two-sided). Intervals are paired
-percentile-bootstrap intervals: rows (x, y pairs) are resampled with replacement ``n_boot`` times from a numpy
-Generator seeded by the caller, r is recomputed on each resample, and the interval is the central ``confidence``
-quantile range of those r. A resample in which either column is constant has no r; such resamples are left out and
-counted (``n_valid``), and when fewer than half remain no interval is given (``ci_reason`` says why).
+percentile-bootstrap intervals from ``scipy.stats.bootstrap`` (``paired=True``): rows (x, y pairs) are resampled
+with replacement ``n_boot`` times from a numpy Generator seeded by the caller, r is recomputed on each resample, and
+the interval is the central ``confidence`` quantile range of those r. A resample in which either column is constant
+has no r; such resamples are left out of scipy's bootstrap distribution and counted (``n_valid``), and when fewer
+than half remain no interval is given (``ci_reason`` says why).
 
 Degenerate inputs are results, not crashes and not silent NaN: fewer than ``MIN_ROWS`` rows or a constant column
 gives ``status: "not_computable"`` with a ``reason``. Non-finite input (NaN, inf) is an error naming the positions.
@@ -79,6 +80,20 @@ def resample_ranks(codes: np.ndarray, n_levels: int, idx: np.ndarray) -> np.ndar
     return np.take_along_axis(level_rank, drawn, axis=1)
 
 
+def bootstrap_distribution(rows: np.ndarray, statistic, n_boot: int, confidence: float, seed: int, batch: int
+                           ) -> np.ndarray:
+    """The ``n_boot`` values of a vectorised ``statistic`` over ``scipy.stats.bootstrap`` resamples of ``rows``
+    (percentile method, ``np.random.default_rng(seed)``); NaN where a resample has no value."""
+    import warnings
+
+    with warnings.catch_warnings():  # resamples without a value make scipy's own percentile NaN: we filter them
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((rows,), statistic, n_resamples=n_boot, batch=batch, vectorized=True, axis=-1,
+                              confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return np.asarray(res.bootstrap_distribution, dtype=np.float64)
+
+
 def bootstrap_correlation_ci(
     x: np.ndarray, y: np.ndarray, *, n_boot: int, confidence: float, seed: int
 ) -> dict[str, Any]:
@@ -99,21 +114,28 @@ def bootstrap_correlation_ci(
     record: dict[str, Any] = {
         "pearson_ci": None, "spearman_ci": None, "n_boot": n_boot, "n_valid": 0,
         "confidence": float(confidence), "seed": int(seed),
-        "method": "paired percentile bootstrap (rows resampled with replacement)", "ci_reason": None,
+        "method": "paired percentile bootstrap (scipy.stats.bootstrap, rows resampled with replacement)", "ci_reason": None,
     }
     if n == 0:
         record["ci_reason"] = "no rows to resample"
         return record
-    rng = np.random.default_rng(int(seed))
-    chunk = max(1, _MAX_RESAMPLED_VALUES // n)
+    if n < 2:
+        record["ci_reason"] = "one row: every resample is that row"
+        return record
     (x_levels, x_codes), (y_levels, y_codes) = (np.unique(v, return_inverse=True) for v in (x, y))
-    pearson, spearman = [], []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        pearson.append(rowwise_pearson(x[idx], y[idx]))
-        spearman.append(rowwise_pearson(resample_ranks(x_codes, len(x_levels), idx),
-                                        resample_ranks(y_codes, len(y_levels), idx)))
-    p_all, s_all = np.concatenate(pearson), np.concatenate(spearman)
+
+    def pearson(i: np.ndarray, axis: int = -1) -> np.ndarray:
+        return rowwise_pearson(x[i], y[i])
+
+    def spearman(i: np.ndarray, axis: int = -1) -> np.ndarray:
+        return rowwise_pearson(resample_ranks(x_codes, len(x_levels), i), resample_ranks(y_codes, len(y_levels), i))
+
+    # scipy resamples the row indices (so x and y stay paired and Spearman's ranks need no sort); both statistics see
+    # the same resamples: the same seed gives the same draws.
+    p_all, s_all = (
+        bootstrap_distribution(np.arange(n), statistic, n_boot, confidence, seed, max(1, _MAX_RESAMPLED_VALUES // n))
+        for statistic in (pearson, spearman)
+    )
     valid = ~np.isnan(p_all) & ~np.isnan(s_all)
     record["n_valid"] = int(valid.sum())
     if record["n_valid"] < MIN_VALID_BOOT_FRACTION * n_boot:

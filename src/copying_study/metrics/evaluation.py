@@ -366,7 +366,7 @@ def proportion_interval(flags: np.ndarray, seed: int, name: str, n_boot: int, co
     if x.min() == x.max():  # every resample gives the same share
         return rate, [rate, rate]
     res = bootstrap((x,), np.mean, n_resamples=int(n_boot), confidence_level=float(confidence),
-                    method="percentile", random_state=numpy_rng(seed, "evaluate", "bootstrap", name))
+                    method="percentile", rng=numpy_rng(seed, "evaluate", "bootstrap", name))
     return rate, [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 

@@ -83,25 +83,27 @@ def bootstrap_percentile_interval(
 ) -> tuple[float, float]:
     """Percentile-bootstrap interval for the ``percentile``-th percentile of ``values``.
 
-    ``n_boot`` resamples of size n with replacement, drawn from ``numpy_rng(seed, "evaluate", "bootstrap", name)``
-    so the interval is the same for the same seed and name (and independent between names).
+    ``scipy.stats.bootstrap`` (percentile method): ``n_boot`` resamples of size n with replacement, drawn from
+    ``numpy_rng(seed, "evaluate", "bootstrap", name)`` so the interval is the same for the same seed and name (and
+    independent between names). One value, or all values equal, gives the point interval.
     """
     v = as_scores(values)
     if int(n_boot) < 1:
         raise ValueError(f"evaluate.bootstrap.n_boot must be >= 1, got {n_boot}")
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"evaluate.bootstrap.confidence must be in (0, 1), got {confidence}")
-    rng = numpy_rng(seed, "evaluate", "bootstrap", name)
-    n, n_boot = v.size, int(n_boot)
-    stats = np.empty(n_boot, dtype=np.float64)
-    block = max(1, _BOOT_BLOCK_ELEMENTS // n)
-    for start in range(0, n_boot, block):
-        rows = min(block, n_boot - start)
-        idx = rng.integers(0, n, size=(rows, n))
-        stats[start : start + rows] = np.percentile(v[idx], percentile, axis=1)
-    tail = (1.0 - float(confidence)) / 2.0 * 100.0
-    lo, hi = np.percentile(stats, [tail, 100.0 - tail])
-    return float(lo), float(hi)
+    from scipy.stats import bootstrap
+
+    if v.min() == v.max():  # one value or all equal: every resample gives it
+        return float(v[0]), float(v[0])
+
+    def statistic(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.percentile(sample, percentile, axis=axis)
+
+    res = bootstrap((v,), statistic, n_resamples=int(n_boot), batch=max(1, _BOOT_BLOCK_ELEMENTS // v.size),
+                    vectorized=True, confidence_level=float(confidence), method="percentile",
+                    rng=numpy_rng(seed, "evaluate", "bootstrap", name))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def summarise_similarities(
