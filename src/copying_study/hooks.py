@@ -226,9 +226,8 @@ class MlflowTrackingHooks:
         for key in sorted(used):
             if key in params:
                 flat.update(flatten(params[key], key))
-        for key, value in flat.items():
-            text = json.dumps(value, default=str) if not isinstance(value, str) else value
-            mlflow.log_param(key[:250], text[:6000])
+        mlflow.log_params({key[:250]: (json.dumps(value, default=str) if not isinstance(value, str) else value)[:6000]
+                           for key, value in flat.items()})  # one batched call (MLflow splits it at its limits)
 
     @hook_impl
     def after_pipeline_run(self, run_params, run_result, pipeline, catalog):
@@ -363,9 +362,13 @@ class MlflowTrackingHooks:
         if dataset_name.split(".")[-1].endswith("_metrics") and isinstance(data, dict):
             # a namespaced output (a study cell, ``cell.finetune_metrics``) logs ``cell.<metric>``
             prefix = dataset_name.rsplit(".", 1)[0] + "." if "." in dataset_name else ""
-            for key, history in metrics_to_log(data).items():
-                for step, value in history:
-                    mlflow.log_metric(f"{prefix}{key}"[:250], value, step=step)
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(f"{prefix}{key}"[:250], value, now, step)
+                     for key, history in metrics_to_log(data).items() for step, value in history]
+            if batch:  # one batched call per metrics dataset (MLflow splits it at its limits)
+                mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=batch, synchronous=True)
         if dataset_name.split(".")[-1] == "replication_summary" and isinstance(data, dict) and "controls" in data:
             # a failing control is visible on the run's page, not only in a file
             prefix = dataset_name.rsplit(".", 1)[0] + "." if "." in dataset_name else ""
