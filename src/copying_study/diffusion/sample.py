@@ -40,7 +40,6 @@ from PIL import Image
 
 from copying_study.data.captions import (
     INFERENCE_MITIGATIONS,
-    SAMPLER_MITIGATIONS,
     TEXT_MITIGATIONS,
     base_caption,
     check_choice,
