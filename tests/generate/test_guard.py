@@ -9,7 +9,7 @@ from PIL import Image
 
 from copying_study.descriptors import load_descriptor
 from copying_study.diffusion.guard import CopyIndex, GuardSettings, generate_guarded, guard_metrics
-from copying_study.diffusion.sample import ImageRequest, MitigationSettings, Sampler
+from copying_study.diffusion.sample import ImageRequest, MitigationSettings, Sample, Sampler
 from copying_study.utils.seeding import derive_seed
 
 from .conftest import CAPTIONS
@@ -69,9 +69,9 @@ class StubbornSampler:
         self.image = image
         self.seen: list[list[ImageRequest]] = []
 
-    def generate_batch(self, requests):
+    def sample_batch(self, requests):
         self.seen.append(list(requests))
-        return [self.image.copy() for _ in requests]
+        return [Sample(self.image.copy()) for _ in requests]
 
 
 def test_unresolvable_copy_spends_max_tries_and_is_reported(descriptor):
@@ -108,3 +108,32 @@ def test_guard_settings_and_index_are_checked(descriptor):
     with pytest.raises(ValueError, match="no training descriptor index"):
         generate_guarded(StubbornSampler(noise_images(1, 0)[0]), ["x"], [ImageRequest("x", 1)], "none",
                          guard=GuardSettings(enabled=True))
+
+
+def test_detection_trigger_mitigates_flagged_prompts_before_sampling(pipe):
+    """``trigger: detection``: the prompt-level score (first step of the prompt's first image, before sampling)
+    decides; every image of a flagged prompt is made with the guard's mitigation and its own seed, the others
+    exactly as requested. The threshold is put between two measured prompt scores, so one prompt is flagged."""
+    sampler = Sampler(pipe, device=torch.device("cpu"), steps=3, batch_size=4)
+    originals = [CAPTIONS[0], CAPTIONS[0], CAPTIONS[5], CAPTIONS[5]]
+    reqs = [ImageRequest(p, 300 + i) for i, p in enumerate(originals)]
+    heads = sampler.first_step_scores([reqs[0], reqs[2]])
+    assert heads[0] != heads[1]
+    flagged = 0 if heads[0] > heads[1] else 2
+    guard = GuardSettings(enabled=True, trigger="detection", detection_threshold=float(heads.mean()),
+                          mitigation="delayed")
+    plain = sampler.sample(reqs)
+    gens = generate_guarded(sampler, originals, reqs, "none", guard=guard, strengths=MitigationSettings())
+    for i, g in enumerate(gens):
+        assert g.prompt_score == pytest.approx(heads[0] if i < 2 else heads[1], abs=1e-6)
+        assert g.request.seed == reqs[i].seed and g.first_seed == reqs[i].seed
+        if i in (flagged, flagged + 1):
+            assert g.mitigation == "delayed" and g.guard_tries == 1 and g.request.early_guidance == 0.0
+            assert not np.array_equal(np.asarray(g.image), np.asarray(plain[i].image))
+        else:
+            assert g.mitigation == "none" and g.guard_tries == 0 and g.request == reqs[i]
+            assert np.array_equal(np.asarray(g.image), np.asarray(plain[i].image))
+            assert g.detect_first == plain[i].detect_first
+    assert guard_metrics(gens, guard)["guard_caught"] == 2
+    with pytest.raises(ValueError, match="detection_threshold is not set"):
+        GuardSettings(enabled=True, trigger="detection")

@@ -125,7 +125,7 @@ def test_conf_files_validate():
 
 
 # -- plan -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["none", "gn", "rt", "cwr", "rna", "rc"])
+@pytest.mark.parametrize("name", ["none", "gn", "rt", "cwr", "rna", "rc", "wen", "delayed", "opposite"])
 def test_plan_changes_only_what_the_mitigation_should(name):
     plan, _, _ = plan_generations(RECORD, generate_settings(params(n_images=30, mitigation=name)), seed=0)
     base, _, _ = plan_generations(RECORD, generate_settings(params(n_images=30)), seed=0)
@@ -134,7 +134,7 @@ def test_plan_changes_only_what_the_mitigation_should(name):
     vocab = set(RECORD["vocabulary"])
     for row in plan.itertuples():
         orig, new = row.original_prompt.split(), row.prompt.split()
-        if name in ("none", "gn"):
+        if name in ("none", "gn", "wen", "delayed", "opposite"):  # the last three act in the sampler
             assert new == orig
         elif name == "cwr":  # two words of the caption itself inserted
             assert len(new) == len(orig) + 2 and sorted(set(new)) == sorted(set(orig))
@@ -147,7 +147,7 @@ def test_plan_changes_only_what_the_mitigation_should(name):
         else:  # rt: each of 2 edits replaces a word or adds one, always a vocabulary word
             assert len(orig) <= len(new) <= len(orig) + 2 and set(new) - set(orig) <= vocab
     assert set(plan["gn_lambda"]) == ({0.1} if name == "gn" else {0.0})
-    if name not in ("none", "gn"):
+    if name in ("rt", "cwr", "rna", "rc"):
         assert (plan["prompt"] != plan["original_prompt"]).mean() > 0.5
         again, _, _ = plan_generations(RECORD, generate_settings(params(n_images=30, mitigation=name)), seed=0)
         assert again["prompt"].tolist() == plan["prompt"].tolist()  # every choice seeded
@@ -214,6 +214,13 @@ def test_generate_from_model_uses_a_folder_and_prompts_file(pipe, tmp_path, capl
                steps=2, batch_size=3, mitigation="rt")
     table, metrics, record = generate_images_from_model({}, None, p, 0, "cpu")
     assert len(table) == 3 and table["source_image_id"].isna().all()
+    assert (table["detect_first"] > 0).all() and (table["detect_mean"] > 0).all()  # Wen's scores, every image
+    assert metrics["detect_first_mean"] == pytest.approx(table["detect_first"].mean())
+    wen = params(model=str(folder), prompts="file", prompts_file=str(tmp_path / "prompts.txt"), n_images=2,
+                 steps=2, batch_size=2, mitigation="wen", strengths={"wen_target_loss": 0.0, "wen_max_iters": 2})
+    wtable, _, wrecord = generate_images_from_model({}, None, wen, 0, "cpu")
+    assert (wtable["wen_iterations"] == 2).all() and (wtable["detect_first"] < wtable["wen_score_before"]).all()
+    assert wrecord["mitigation"]["wen_max_iters"] == 2 and (wtable["mitigation"] == "wen").all()
     assert set(table["original_prompt"]) <= {"a castle on a hill", "a dog on a sofa"}
     assert record["fallbacks"] and "no vocabulary" in caplog.text  # rt words come from the prompts, said loudly
     with pytest.raises(ValueError, match="needs generate.model"):

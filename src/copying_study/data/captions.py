@@ -28,7 +28,10 @@ TEXT_MITIGATIONS = ("rc", "rt", "cwr", "rna")
 """Mitigations that rewrite a caption's text (train time and inference time alike)."""
 TRAIN_MITIGATIONS = ("none", "mc", "gn", *TEXT_MITIGATIONS)
 """Train-time mitigations: ``mc`` draws from the image's alternatives, ``gn`` noises the text embedding."""
-INFERENCE_MITIGATIONS = ("none", "gn", *TEXT_MITIGATIONS)
+SAMPLER_MITIGATIONS = ("wen", "delayed", "opposite")
+"""Inference-time mitigations that act inside the sampler, not on the text: Wen et al.'s prompt-embedding
+optimisation and Jain et al.'s delayed / opposite guidance (``copying_study.diffusion.sample``)."""
+INFERENCE_MITIGATIONS = ("none", "gn", *TEXT_MITIGATIONS, *SAMPLER_MITIGATIONS)
 """Inference-time mitigations (a prompt has no alternatives, so no ``mc``)."""
 
 FIXED_CAPTION = "An image"

@@ -4,6 +4,10 @@ Each generated batch is scored against the training descriptors with the descrip
 whose top-1 similarity is at or above ``threshold`` is regenerated with a mitigation and a new seed derived from
 its first seed (``derive_seed(seed, "guard", try)``), up to ``max_tries`` times. The attempt with the lowest score
 is kept; every attempt's score is recorded.
+
+With ``trigger: detection`` the guard decides *before* sampling instead, from Wen et al.'s prompt-level score (the
+first-step detection score of the prompt's first generation, one UNet call, no descriptor): every generation of a
+prompt scoring at or above ``detection_threshold`` is made with ``mitigation`` (same seed) instead.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from copying_study.data.captions import INFERENCE_MITIGATIONS, check_choice
-from copying_study.diffusion.sample import ImageRequest, MitigationSettings, mitigate
+from copying_study.diffusion.sample import ImageRequest, MitigationSettings, Sample, mitigate
 from copying_study.search import build_index, knn
 from copying_study.utils.progress import progress
 from copying_study.utils.seeding import derive_seed
@@ -25,12 +29,18 @@ from copying_study.utils.seeding import derive_seed
 logger = logging.getLogger(__name__)
 
 
+GUARD_TRIGGERS = ("descriptor", "detection")
+
+
 class BatchSampler(Protocol):
-    """Anything that turns a batch of requests into images (``sample.Sampler`` or a test double)."""
+    """Anything that turns a batch of requests into images with their detection scores (``sample.Sampler`` or a
+    test double); ``first_step_scores`` is needed by ``trigger: detection`` only."""
 
     batch_size: int
 
-    def generate_batch(self, requests: Sequence[ImageRequest]) -> list[Image.Image]: ...
+    def sample_batch(self, requests: Sequence[ImageRequest]) -> list[Sample]: ...
+
+    def first_step_scores(self, requests: Sequence[ImageRequest]) -> np.ndarray: ...
 
 
 class ImageEncoder(Protocol):
@@ -44,15 +54,22 @@ class ImageEncoder(Protocol):
 @dataclass(frozen=True)
 class GuardSettings:
     """``enabled``; ``threshold`` on top-1 similarity (``None``: the descriptor's calibrated copy threshold, to be
-    filled in before sampling); ``max_tries`` regenerations; ``mitigation`` for them."""
+    filled in before sampling); ``max_tries`` regenerations; ``mitigation`` for them. ``trigger``: ``descriptor``
+    (generate, score against the training set, regenerate) or ``detection`` (Wen et al.'s prompt-level first-step
+    score at or above ``detection_threshold`` before sampling -> the prompt's images are made with ``mitigation``)."""
 
     enabled: bool = False
     threshold: float | None = 0.5
     max_tries: int = 3
     mitigation: str = "rt"
+    trigger: str = "descriptor"
+    detection_threshold: float | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.mitigation, INFERENCE_MITIGATIONS, "copy_guard.mitigation")
+        check_choice(self.trigger, GUARD_TRIGGERS, "copy_guard.trigger")
+        if self.enabled and self.trigger == "detection" and self.detection_threshold is None:
+            raise ValueError("copy_guard.trigger is 'detection' but copy_guard.detection_threshold is not set")
         if self.max_tries < 1:
             raise ValueError(f"copy_guard.max_tries must be >= 1, got {self.max_tries}")
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
@@ -97,6 +114,16 @@ class Generation:
     guard_tries: int = 0
     guard_scores: list[float] = field(default_factory=list)
     match_image_id: str | None = None
+    detect_first: float = float("nan")
+    detect_mean: float = float("nan")
+    wen_iterations: int = 0
+    wen_score_before: float = float("nan")
+    prompt_score: float = float("nan")
+
+    def take(self, sample: Sample) -> None:
+        """Keep ``sample``'s image and the scores that belong to it."""
+        self.image, self.detect_first, self.detect_mean = sample.image, sample.detect_first, sample.detect_mean
+        self.wen_iterations, self.wen_score_before = sample.wen_iterations, sample.wen_score_before
 
     @property
     def guard_score(self) -> float:
@@ -117,21 +144,24 @@ def generate_guarded(
 ) -> list[Generation]:
     """Generate ``requests`` (made from ``originals`` under ``mitigation``) batch by batch; with the guard on,
     regenerate every image scoring ``>= guard.threshold`` with ``guard.mitigation`` (strengths from ``strengths``)
-    until it passes or ``guard.max_tries`` regenerations are spent, keeping the lowest-scoring attempt."""
+    until it passes or ``guard.max_tries`` regenerations are spent, keeping the lowest-scoring attempt. With
+    ``trigger: detection``, see :func:`_detection_guarded`."""
     if len(originals) != len(requests):
         raise ValueError("one original prompt is needed per request")
+    retry = replace(strengths or MitigationSettings(), name=guard.mitigation)
+    if guard.enabled and guard.trigger == "detection":
+        return _detection_guarded(sampler, originals, requests, mitigation, guard, retry, vocab)
     if guard.enabled and index is None:
         raise ValueError("copy guard is enabled but no training descriptor index was given")
     if guard.enabled and guard.threshold is None:
         raise ValueError("copy_guard.threshold is 'calibrated' but no calibrated threshold was filled in: pass the "
                          "descriptor_calibration's copy_threshold")
-    retry = replace(strengths or MitigationSettings(), name=guard.mitigation)
     out: list[Generation] = []
     starts = range(0, len(requests), sampler.batch_size)
     for start in progress(starts, desc="generate", total=len(starts), unit="batch"):
         batch = list(requests[start:start + sampler.batch_size])
-        images = sampler.generate_batch(batch)
-        gens = [Generation(img, req, mitigation, req.seed) for img, req in zip(images, batch, strict=True)]
+        gens = [_generation(s, req, mitigation, req.seed) for s, req in zip(sampler.sample_batch(batch), batch,
+                                                                               strict=True)]
         if guard.enabled:
             _guard_batch(sampler, gens, list(originals[start:start + sampler.batch_size]), guard, index, retry, vocab)
         out.extend(gens)
@@ -160,16 +190,17 @@ def _guard_batch(
         if not pending:
             break
         reqs = [mitigate(originals[i], derive_seed(gens[i].first_seed, "guard", attempt), retry, vocab) for i in pending]
-        images = sampler.generate_batch(reqs)
-        scores, matches = index.top1(images)
+        samples = sampler.sample_batch(reqs)
+        scores, matches = index.top1([x.image for x in samples])
         still = []
-        for i, req, img, s, m in zip(pending, reqs, images, scores, matches, strict=True):
+        for i, req, sample, s, m in zip(pending, reqs, samples, scores, matches, strict=True):
             g = gens[i]
             g.guard_tries = attempt
             g.guard_scores.append(float(s))
             if s < best[i]:
                 best[i] = float(s)
-                g.image, g.request, g.mitigation, g.match_image_id = img, req, retry.name, m
+                g.take(sample)
+                g.request, g.mitigation, g.match_image_id = req, retry.name, m
             if s >= guard.threshold:
                 still.append(i)
         pending = still
@@ -180,10 +211,57 @@ def _guard_batch(
         )
 
 
+def _generation(sample: Sample, request: ImageRequest, mitigation: str, first_seed: int) -> Generation:
+    g = Generation(sample.image, request, mitigation, first_seed)
+    g.take(sample)
+    return g
+
+
+def prompt_level_scores(sampler: BatchSampler, originals: Sequence[str], requests: Sequence[ImageRequest]
+                        ) -> list[float]:
+    """Wen et al.'s prompt-level score for every request: the first-step detection score of the first request of
+    its original prompt (one UNet call per prompt, batched, before any sampling)."""
+    first_of: dict[str, int] = {}
+    for i, o in enumerate(originals):
+        first_of.setdefault(o, i)
+    heads = sorted(first_of.values())
+    scores = dict(zip(heads, sampler.first_step_scores([requests[i] for i in heads]), strict=True))
+    return [float(scores[first_of[o]]) for o in originals]
+
+
+def _detection_guarded(sampler: BatchSampler, originals: Sequence[str], requests: Sequence[ImageRequest],
+                       mitigation: str, guard: GuardSettings, retry: MitigationSettings, vocab: Sequence[str]
+                       ) -> list[Generation]:
+    """``trigger: detection``: prompts whose prompt-level score is at or above ``guard.detection_threshold`` are
+    generated with ``guard.mitigation`` (each image keeps its seed, as in Wen et al.); the others as requested."""
+    prompt_scores = prompt_level_scores(sampler, originals, requests)
+    flagged = [s >= guard.detection_threshold for s in prompt_scores]
+    final = [mitigate(o, r.seed, retry, vocab) if f else r
+             for o, r, f in zip(originals, requests, flagged, strict=True)]
+    n_prompts = len({o for o, f in zip(originals, flagged, strict=True) if f})
+    logger.info("copy guard (detection): %d of %d prompts at or above %.3f -> %s", n_prompts, len(set(originals)),
+                guard.detection_threshold, guard.mitigation)
+    out: list[Generation] = []
+    starts = range(0, len(final), sampler.batch_size)
+    for start in progress(starts, desc="generate", total=len(starts), unit="batch"):
+        batch = final[start:start + sampler.batch_size]
+        for k, (sample, req) in enumerate(zip(sampler.sample_batch(batch), batch, strict=True)):
+            i = start + k
+            g = _generation(sample, req, retry.name if flagged[i] else mitigation, req.seed)
+            g.guard_tries, g.prompt_score = int(flagged[i]), prompt_scores[i]
+            out.append(g)
+    return out
+
+
 def guard_metrics(gens: Sequence[Generation], guard: GuardSettings) -> dict[str, Any]:
-    """Counts for ``generate_metrics``: images caught, replaced (now below threshold), still above, tries."""
+    """Counts for ``generate_metrics``: images caught, replaced (now below threshold), still above, tries (with
+    ``trigger: detection``: images and prompts flagged before sampling)."""
     if not guard.enabled:
         return {"guard_enabled": 0.0}
+    if guard.trigger == "detection":
+        flagged = [g for g in gens if g.guard_tries > 0]
+        return {"guard_enabled": 1.0, "guard_caught": float(len(flagged)),
+                "guard_caught_fraction": len(flagged) / len(gens) if gens else 0.0}
     caught = [g for g in gens if g.guard_tries > 0]
     replaced = [g for g in caught if g.guard_score < guard.threshold]
     return {

@@ -7,10 +7,17 @@ One sampler serves the tiny in-code models and Stable Diffusion alike: it drives
 * Every image carries its own seed: its initial noise, the noise of stochastic schedulers (DDPM, Euler-ancestral)
   and its Gaussian-noise mitigation are drawn from generators seeded by that image's seed alone, so the batch an
   image lands in never changes it (same parameters + seeds -> identical images on CPU, whatever the batch size).
-* Inference-time mitigations (``none | gn | rt | cwr | rna | rc``) act per image and are seeded by the image's
-  seed: ``rt/cwr/rna/rc`` rewrite the prompt (``copying_study.data.captions.perturb_caption``), ``gn`` adds
-  ``lambda * N(0, I)`` to the *conditional* text embedding (and to the unconditional one only when ``gn_uncond``
-  is set, as the paper's code did).
+* Inference-time mitigations (``none | gn | rt | cwr | rna | rc | wen | delayed | opposite``) act per image and
+  are seeded by the image's seed: ``rt/cwr/rna/rc`` rewrite the prompt
+  (``copying_study.data.captions.perturb_caption``), ``gn`` adds ``lambda * N(0, I)`` to the *conditional* text
+  embedding (and to the unconditional one only when ``gn_uncond`` is set, as the paper's code did). ``wen``
+  (Wen et al., ICLR 2024) optimises the conditional embedding to lower the first-step detection score from the
+  image's own ``x_T``, then samples from it with the same seed; ``delayed`` and ``opposite`` (Jain et al., CVPR
+  2025) use guidance scale 0, or a negative scale, at timesteps above a transition timestep and the run's scale
+  after it.
+* Every image carries Wen et al.'s detection scores (``copying_study.diffusion.detection``): the L2 norm of the
+  text-conditional noise prediction at the first step and averaged over all steps. They come free under
+  classifier-free guidance; with guidance off (scale <= 1) there is no unconditional prediction and they are NaN.
 * On CUDA the models run in bf16 (or fp16) with PyTorch's scaled-dot-product attention, and the UNet call, whose
   shape every padded batch shares, is captured once in a CUDA graph and replayed at every step (``cuda_graph``):
   the same kernels without the Python and launch overhead of some thousand small kernels per call. A capture that
@@ -37,6 +44,13 @@ from copying_study.data.captions import (
     base_caption,
     check_choice,
     perturb_caption,
+)
+from copying_study.diffusion.detection import (
+    WenSettings,
+    alpha_bar_at,
+    epsilon_factor,
+    optimise_embeddings,
+    text_conditional_norm,
 )
 from copying_study.diffusion.models import add_embedding_noise, encode_prompts
 from copying_study.utils.device import describe_device
@@ -137,7 +151,9 @@ class MitigationSettings:
     ``p``: probability that a text mitigation changes a prompt; ``n``: words/numbers added or replaced by
     ``rt``/``cwr``/``rna``; ``rc_words``: length of an ``rc`` random caption; ``rna_high``: ``rna`` draws integers in
     ``[0, rna_high]``; ``gn_lambda``: scale of the Gaussian noise of ``gn``; ``gn_uncond``: also noise the
-    unconditional embedding.
+    unconditional embedding. ``wen_lr``, ``wen_max_iters``, ``wen_target_loss``: Wen et al.'s embedding
+    optimisation; ``delayed_transition``: ``delayed`` uses guidance 0 at timesteps above it; ``opposite_scale``
+    and ``opposite_transition``: ``opposite`` uses that (negative) scale at timesteps above its transition.
     """
 
     name: str = "none"
@@ -147,9 +163,20 @@ class MitigationSettings:
     rna_high: int = 10**6
     gn_lambda: float = 0.1
     gn_uncond: bool = False
+    wen_lr: float = 0.05
+    wen_max_iters: int = 10
+    wen_target_loss: float = 3.0
+    delayed_transition: int = 500
+    opposite_scale: float = -2.0
+    opposite_transition: int = 650
 
     def __post_init__(self) -> None:
         check_choice(self.name, INFERENCE_MITIGATIONS, "mitigation")
+        WenSettings(self.wen_lr, self.wen_max_iters, self.wen_target_loss)  # checks them
+        if self.delayed_transition < 0 or self.opposite_transition < 0:
+            raise ValueError("mitigation delayed_transition and opposite_transition must be timesteps >= 0")
+        if self.opposite_scale > 0:
+            raise ValueError(f"mitigation opposite_scale must be <= 0 (opposite guidance), got {self.opposite_scale}")
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"mitigation p must be in [0, 1], got {self.p}")
         if self.n < 1 or self.rc_words < 1 or self.rna_high < 0:
@@ -160,12 +187,17 @@ class MitigationSettings:
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """What one image is generated from: the prompt fed to the text encoder, its seed, and embedding noise."""
+    """What one image is generated from: the prompt fed to the text encoder, its seed, embedding noise, the
+    guidance scale used at timesteps above ``transition_t`` (``early_guidance``; ``None``: the sampler's scale at
+    every step) and Wen et al.'s embedding optimisation (``wen``; ``None``: off)."""
 
     prompt: str
     seed: int
     gn_lambda: float = 0.0
     gn_uncond: bool = False
+    early_guidance: float | None = None
+    transition_t: int = 0
+    wen: WenSettings | None = None
 
 
 def mitigate(
@@ -181,7 +213,27 @@ def mitigate(
         return ImageRequest(prompt=prompt, seed=seed)
     if settings.name == "gn":
         return ImageRequest(original_prompt, seed, gn_lambda=settings.gn_lambda, gn_uncond=settings.gn_uncond)
+    if settings.name == "delayed":
+        return ImageRequest(original_prompt, seed, early_guidance=0.0, transition_t=settings.delayed_transition)
+    if settings.name == "opposite":
+        return ImageRequest(original_prompt, seed, early_guidance=settings.opposite_scale,
+                            transition_t=settings.opposite_transition)
+    if settings.name == "wen":
+        return ImageRequest(original_prompt, seed, wen=WenSettings(settings.wen_lr, settings.wen_max_iters,
+                                                                   settings.wen_target_loss))
     return ImageRequest(original_prompt, seed)
+
+
+@dataclass
+class Sample:
+    """One generated image with its detection scores (NaN when guidance is off) and, under ``wen``, the
+    embedding optimisation's iterations and first-step score before it (NaN / 0 otherwise)."""
+
+    image: Image.Image
+    detect_first: float = float("nan")
+    detect_mean: float = float("nan")
+    wen_iterations: int = 0
+    wen_score_before: float = float("nan")
 
 
 def make_scheduler(name: str, config: Any):
@@ -297,6 +349,11 @@ class Sampler:
             "device": describe_device(self.device),
             "attention": ",".join(attn),
             "cuda_graph": self.graph_status,
+            "detection_scores": ("L2 norm of eps(x_t,c) - eps(x_t,0) over the whole latent, before the guidance "
+                                 f"scale ({self.prediction_type} outputs on the eps scale); first step and mean "
+                                 "over steps; computed from the UNet outputs outside the CUDA graph, so both paths "
+                                 "record them" if self.cfg else
+                                 "not computed: guidance <= 1, no unconditional prediction"),
         }
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -340,9 +397,12 @@ class Sampler:
         noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
         return noise.to(device=self.device, dtype=self.dtype), gens
 
-    @torch.inference_mode()
     def generate_batch(self, requests: Sequence[ImageRequest]) -> list[Image.Image]:
-        """Images for one batch of at most ``batch_size`` requests.
+        """Images for one batch of at most ``batch_size`` requests (:meth:`sample_batch` without the scores)."""
+        return [s.image for s in self.sample_batch(requests)]
+
+    def sample_batch(self, requests: Sequence[ImageRequest]) -> list[Sample]:
+        """Images and detection scores for one batch of at most ``batch_size`` requests.
 
         A short batch is padded (with copies of its last request) to exactly ``batch_size``: every network call
         then has the same shape, and CPU/GPU kernels, which are chosen by shape, compute each image the same way
@@ -354,33 +414,131 @@ class Sampler:
             raise ValueError(f"{len(requests)} requests exceed batch_size {self.batch_size}: use generate()")
         n_real = len(requests)
         requests = list(requests) + [requests[-1]] * (self.batch_size - n_real)
+        self._check_guided(requests)
+        scheduler = self._scheduler()
+        with torch.inference_mode():
+            hidden = self.conditioning(requests)
+            latents, gens = self.initial_latents(requests)
+            latents = latents * scheduler.init_noise_sigma
+        wen = None
+        if any(r.wen is not None for r in requests):
+            wen = self._optimise_embeddings(requests, hidden, latents)
+            hidden = torch.cat([hidden[: len(requests)], wen.cond])
+        with torch.inference_mode():
+            latents, first, mean = self._denoise(scheduler, requests, hidden, latents, gens)
+            latents = latents.to(self.vae_dtype) / self.pipe.vae.config.scaling_factor
+            decoded = self.pipe.vae.decode(latents, return_dict=False)[0]
+        images = to_pil(decoded[:n_real])
+        return [
+            Sample(img, float(first[i]), float(mean[i]),
+                   wen.iterations[i] if wen is not None and requests[i].wen is not None else 0,
+                   wen.score_before[i] if wen is not None and requests[i].wen is not None else float("nan"))
+            for i, img in enumerate(images)
+        ]
+
+    def _check_guided(self, requests: Sequence[ImageRequest]) -> None:
+        """``wen``, ``delayed`` and ``opposite`` act on classifier-free guidance: with guidance off they cannot."""
+        if not self.cfg and any(r.wen is not None or r.early_guidance is not None for r in requests):
+            raise ValueError(f"the wen, delayed and opposite mitigations need classifier-free guidance "
+                             f"(generate.guidance > 1), but guidance is {self.guidance}")
+
+    def _scheduler(self):
         scheduler = make_scheduler(self.scheduler_name, self.scheduler_config)
         scheduler.set_timesteps(self.steps, device=self.device)
-        hidden = self.conditioning(requests)
-        latents, gens = self.initial_latents(requests)
-        latents = latents * scheduler.init_noise_sigma
+        return scheduler
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler_config.get("prediction_type", "epsilon"))
+
+    def _factor(self, scheduler, t: torch.Tensor) -> float:
+        """The factor from a difference of model outputs at timestep ``t`` to a difference of noise predictions."""
+        return float(epsilon_factor(self.prediction_type, alpha_bar_at(scheduler, t)))
+
+    def _guide(self, uncond: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+               requests: Sequence[ImageRequest]) -> torch.Tensor:
+        """Classifier-free guidance; rows whose request sets ``early_guidance`` use it at timesteps above their
+        ``transition_t`` (the other rows are computed exactly as without them)."""
+        out = uncond + self.guidance * (cond - uncond)
+        early = [r.early_guidance is not None and float(t) > r.transition_t for r in requests]
+        if not any(early):
+            return out
+        scales = torch.tensor([r.early_guidance if e else 0.0 for r, e in zip(requests, early, strict=True)],
+                              device=out.device, dtype=out.dtype).view(-1, *[1] * (out.ndim - 1))
+        mask = torch.tensor(early, device=out.device).view_as(scales)
+        return torch.where(mask, uncond + scales * (cond - uncond), out)
+
+    def _denoise(self, scheduler, requests: Sequence[ImageRequest], hidden: torch.Tensor, latents: torch.Tensor,
+                 gens: list[torch.Generator]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The sampling loop: final latents, and each row's first-step and step-averaged detection score."""
         step_kwargs = {}
         step_params = inspect.signature(scheduler.step).parameters
         if "generator" in step_params:
             step_kwargs["generator"] = gens
         if "eta" in step_params:
             step_kwargs["eta"] = self.eta
-        for t in scheduler.timesteps:
+        first = total = None
+        for i, t in enumerate(scheduler.timesteps):
             model_in = torch.cat([latents, latents]) if self.cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
             out = self._unet(model_in, t, hidden)
             if self.cfg:
                 uncond, cond = out.chunk(2)
-                out = uncond + self.guidance * (cond - uncond)
+                norms = text_conditional_norm(uncond, cond, self._factor(scheduler, t))
+                first, total = (norms, norms.clone()) if i == 0 else (first, total + norms)
+                out = self._guide(uncond, cond, t, requests)
             latents = scheduler.step(out, t, latents, return_dict=False, **step_kwargs)[0]
         if not torch.isfinite(latents).all():
             raise FloatingPointError(
                 f"sampling produced NaN/inf with scheduler '{self.scheduler_name}' on this model (its scheduler "
                 f"config: beta_schedule={self.scheduler_config.get('beta_schedule')}); try another scheduler"
             )
-        latents = latents.to(self.vae_dtype) / self.pipe.vae.config.scaling_factor
-        decoded = self.pipe.vae.decode(latents, return_dict=False)[0]
-        return to_pil(decoded[:n_real])
+        if first is None:
+            nan = np.full(len(requests), np.nan)
+            return latents, nan, nan
+        return latents, first.cpu().numpy(), (total / len(scheduler.timesteps)).cpu().numpy()
+
+    def _first_step_model_input(self, scheduler, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = scheduler.timesteps[0]
+        return scheduler.scale_model_input(torch.cat([latents, latents]), t0), t0
+
+    def _optimise_embeddings(self, requests: Sequence[ImageRequest], hidden: torch.Tensor, latents: torch.Tensor):
+        """Wen et al.: each ``wen`` row's conditional embedding optimised from its own ``x_T`` (the other rows are
+        returned as they are). Runs with gradients, outside inference mode, on plain (not graphed) UNet calls."""
+        settings = {r.wen for r in requests if r.wen is not None}
+        if len(settings) > 1:
+            raise ValueError("one batch holds requests with different wen settings")
+        scheduler = self._scheduler()  # its own: some schedulers keep a step index once scale_model_input ran
+        n = len(requests)
+        uncond, cond = hidden[:n].clone(), hidden[n:].clone()
+        model_in, t0 = self._first_step_model_input(scheduler, latents.clone())
+        factor = self._factor(scheduler, t0)
+
+        def scores(c: torch.Tensor) -> torch.Tensor:
+            out = self.pipe.unet(model_in, t0, encoder_hidden_states=torch.cat([uncond, c]), return_dict=False)[0]
+            u, v = out.chunk(2)
+            return text_conditional_norm(u, v, factor)
+
+        return optimise_embeddings(scores, cond, [r.wen is not None for r in requests], settings.pop())
+
+    @torch.inference_mode()
+    def first_step_scores(self, requests: Sequence[ImageRequest]) -> np.ndarray:
+        """The first-step detection score of each request from its own ``x_T``, without sampling (one UNet call per
+        batch): Wen et al.'s prompt-level score, for the copy guard to decide before generating."""
+        if not self.cfg:
+            raise ValueError(f"detection scores need classifier-free guidance (generate.guidance > 1), but "
+                             f"guidance is {self.guidance}")
+        out: list[float] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = list(requests[start:start + self.batch_size])
+            n_real = len(batch)
+            batch += [batch[-1]] * (self.batch_size - n_real)
+            scheduler = self._scheduler()
+            latents, _ = self.initial_latents(batch)
+            model_in, t0 = self._first_step_model_input(scheduler, latents * scheduler.init_noise_sigma)
+            u, c = self._unet(model_in, t0, self.conditioning(batch)).chunk(2)
+            out.extend(text_conditional_norm(u, c, self._factor(scheduler, t0))[:n_real].cpu().tolist())
+        return np.asarray(out, dtype=np.float64)
 
     def _unet(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """One UNet call: replayed from the CUDA graph when it is on (captured at the first call), else plain."""
@@ -398,10 +556,14 @@ class Sampler:
 
     def generate(self, requests: Sequence[ImageRequest], desc: str = "generate") -> list[Image.Image]:
         """Images for all ``requests``, in order, ``batch_size`` at a time."""
-        out: list[Image.Image] = []
+        return [s.image for s in self.sample(requests, desc)]
+
+    def sample(self, requests: Sequence[ImageRequest], desc: str = "generate") -> list[Sample]:
+        """Images with their detection scores for all ``requests``, in order, ``batch_size`` at a time."""
+        out: list[Sample] = []
         starts = range(0, len(requests), self.batch_size)
         for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
-            out.extend(self.generate_batch(requests[start:start + self.batch_size]))
+            out.extend(self.sample_batch(requests[start:start + self.batch_size]))
         return out
 
 

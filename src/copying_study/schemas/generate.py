@@ -21,6 +21,12 @@ class StrengthParams(Params):
     rna_high: Annotated[int, Field(ge=0)]
     gn_lambda: Annotated[float, Field(ge=0.0)]
     gn_uncond: bool
+    wen_lr: Annotated[float, Field(gt=0.0)]
+    wen_max_iters: Annotated[int, Field(ge=0)]
+    wen_target_loss: Annotated[float, Field(ge=0.0)]
+    delayed_transition: Annotated[int, Field(ge=0, le=1000)]
+    opposite_scale: Annotated[float, Field(le=0.0)]
+    opposite_transition: Annotated[int, Field(ge=0, le=1000)]
 
 
 class CopyGuardParams(Params):
@@ -29,6 +35,8 @@ class CopyGuardParams(Params):
     max_tries: AtLeastOne
     mitigation: Literal[INFERENCE_MITIGATIONS]
     descriptor: dict[str, Any] | None
+    trigger: Literal["descriptor", "detection"]
+    detection_threshold: Annotated[float, Field(ge=0.0)] | None
 
     _threshold = field_validator("threshold")(similarity_or_calibrated)
 
@@ -36,6 +44,12 @@ class CopyGuardParams(Params):
     @classmethod
     def _descriptor(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return check_descriptor_spec(value, runtime=True)
+
+    @model_validator(mode="after")
+    def _detection(self) -> CopyGuardParams:
+        if self.enabled and self.trigger == "detection" and self.detection_threshold is None:
+            raise ValueError("copy_guard.trigger is 'detection' but copy_guard.detection_threshold is not set")
+        return self
 
 
 class GenerateParams(Params):

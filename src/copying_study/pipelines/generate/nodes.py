@@ -18,7 +18,6 @@ from copying_study.descriptors import descriptor_from_meta
 from copying_study.diffusion.guard import CopyIndex, GuardSettings, generate_guarded, guard_metrics
 from copying_study.diffusion.models import describe_pipeline, load_pipeline
 from copying_study.diffusion.sample import (
-    ImageRequest,
     MitigationSettings,
     Sampler,
     class_prompts,
@@ -51,7 +50,8 @@ def generate_settings(params: Any) -> dict[str, Any]:
         "strengths": MitigationSettings(name=p["mitigation"], **s),
         # "calibrated": the descriptor's copy threshold from descriptor_calibration, filled in by generate_images
         "copy_guard": GuardSettings(enabled=g["enabled"], threshold=None if calibrated else g["threshold"],
-                                    max_tries=g["max_tries"], mitigation=g["mitigation"]),
+                                    max_tries=g["max_tries"], mitigation=g["mitigation"], trigger=g["trigger"],
+                                    detection_threshold=g["detection_threshold"]),
         "guard_threshold_source": "descriptor_calibration" if calibrated else "generate.copy_guard.threshold",
         "guard_descriptor": dict(g["descriptor"] or {}),
     }
@@ -124,7 +124,8 @@ def generate_images(
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, Any]]:
     """``generations`` (one row per image, PNG bytes), ``generate_metrics`` and ``generate_record``."""
     p = generate_settings(params)
-    if p["copy_guard"].enabled and p["guard_threshold_source"] == "descriptor_calibration":
+    descriptor_guard = p["copy_guard"].enabled and p["copy_guard"].trigger == "descriptor"
+    if descriptor_guard and p["guard_threshold_source"] == "descriptor_calibration":
         from copying_study.descriptors.calibration import check_calibration
 
         cal = check_calibration(descriptor_calibration, train_descriptors["meta"])
@@ -138,14 +139,14 @@ def generate_images(
     )
     guard: GuardSettings = p["copy_guard"]
     index, descriptor_meta = None, None
-    if guard.enabled:
+    if guard.enabled and guard.trigger == "descriptor":
         descriptor = descriptor_from_meta(train_descriptors["meta"], p["guard_descriptor"], device=device)
         index = CopyIndex(descriptor, train_descriptors["embeddings"], train_descriptors["image_ids"],
                           meta=train_descriptors["meta"])
         descriptor_meta = descriptor.meta()
-    requests = [
-        ImageRequest(r.prompt, int(r.seed), float(r.gn_lambda), bool(r.gn_uncond)) for r in plan.itertuples(index=False)
-    ]
+    # the plan's requests again (mitigate is seeded by the image's seed: the same prompts, plus the sampler-level
+    # settings of wen / delayed / opposite that the plan table does not hold)
+    requests = [mitigate(r.original_prompt, int(r.seed), p["strengths"], vocab) for r in plan.itertuples(index=False)]
     start = time.perf_counter()
     gens = generate_guarded(
         sampler, plan["original_prompt"].tolist(), requests, p["strengths"].name,
@@ -168,6 +169,14 @@ def generate_images(
         "guard_scores": [list(map(float, g.guard_scores)) for g in gens],
         "guard_score": [float(g.guard_score) for g in gens],
         "guard_match_id": [g.match_image_id for g in gens],
+        "detect_first": [float(g.detect_first) for g in gens],
+        "detect_mean": [float(g.detect_mean) for g in gens],
+        "prompt_detect_score": [float(g.prompt_score) for g in gens],
+        "early_guidance": [float("nan") if g.request.early_guidance is None else float(g.request.early_guidance)
+                           for g in gens],
+        "transition_t": [int(g.request.transition_t) if g.request.early_guidance is not None else -1 for g in gens],
+        "wen_iterations": [int(g.wen_iterations) for g in gens],
+        "wen_score_before": [float(g.wen_score_before) for g in gens],
         "scheduler": info["scheduler"],
         "steps": info["steps"],
         "guidance": info["guidance"],
@@ -183,6 +192,7 @@ def generate_images(
         "steps": float(info["steps"]),
         "guidance": float(info["guidance"]),
         **guard_metrics(gens, guard),
+        **detection_metrics(table),
     }
     record = {
         "model": {"source": model_source, **model_info},
@@ -196,6 +206,16 @@ def generate_images(
     }
     logger.info("generate: %d images in %.1f s (%.2f images/s)", len(table), seconds, metrics["images_per_second"])
     return table, metrics, record
+
+
+def detection_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Means of the generations' detection scores for ``generate_metrics`` (absent when guidance is off)."""
+    out = {}
+    for col in ("detect_first", "detect_mean"):
+        values = table[col].to_numpy(dtype=float)
+        if np.isfinite(values).any():
+            out[f"{col}_mean"] = float(np.nanmean(values))
+    return out
 
 
 def generate_images_from_model(
