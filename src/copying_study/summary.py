@@ -94,6 +94,13 @@ def format_summary(replication: Mapping[str, Any] | None, complexity: Mapping[st
                          + (f" ({confirmed:.0%})" if confirmed is not None else "")
                          + f"; PDQ alone flags {pdq['n_pdq_copies']} ({pdq['n_pdq_copies_not_found_by_main']} not "
                          f"found by the main descriptor)")
+        det = rep.get("detection") or {}
+        scored = {k: v for k, v in det.items() if isinstance(v, dict) and "auc" in v}
+        if scored:
+            parts = [f"{k.replace('_', ' ')} AUC {_num(v['auc'])} {_ci(v.get('auc_ci'))}, TPR@1%FPR "
+                     f"{_num(v['tpr_at_1pct_fpr'])}" for k, v in scored.items()]
+            lines.append(f"Wen et al.'s detection score ({det.get('n_memorized')} of {det.get('n_prompts')} prompts "
+                         f"memorized): " + "; ".join(parts))
         dup = (rep.get("splits") or {}).get("source_duplicated") or {}
         if "duplicated" in dup and "not_duplicated" in dup:
             d, o = dup["duplicated"], dup["not_duplicated"]

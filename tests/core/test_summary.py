@@ -17,6 +17,9 @@ REP = {
     "splits": {"source_duplicated": {"duplicated": {"mean": 0.9, "n": 6, "copy_rate": 0.83},
                                      "not_duplicated": {"mean": 0.4, "n": 154, "copy_rate": 0.05}}},
     "fid": None, "frechet_distance": 0.4357, "frechet_features": "copy descriptor (not FID)",
+    "detection": {"n_prompts": 150, "n_memorized": 12,
+                  "first_step": {"auc": 0.71, "auc_ci": [0.6, 0.8], "tpr_at_1pct_fpr": 0.25},
+                  "step_mean": {"skipped": "no scores"}},
 }
 
 
@@ -37,6 +40,8 @@ def test_summary_says_the_scale_the_copy_rate_the_backgrounds_and_the_controls()
     assert "duplicated images: copy rate 0.830, mean top-1 0.900 (n=6) vs not duplicated: copy rate 0.050" in text
     assert "Frechet distance in the copy descriptor's space (a stand-in, not FID): 0.4357" in text
     assert "FID (" not in text
+    assert ("Wen et al.'s detection score (12 of 150 prompts memorized): first step AUC 0.710 [95% CI 0.600, 0.800], "
+            "TPR@1%FPR 0.250") in text and "step mean" not in text
     assert "entropy of matched training images vs similarity: Pearson r -0.420 [95% CI -0.530, -0.300] p=3e-08" in text
     assert "jpeg_bytes: not computable (constant column)" in text
     # figures: a short relative path and what the figure shows

@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from copying_study.metrics import replication as rep
+from copying_study.metrics.detection import detection_quality, prompt_table
 from copying_study.schemas import EvaluateParams
 from copying_study.utils.images import decode_image
 from copying_study.utils.seeding import derive_seed, numpy_rng
@@ -36,10 +37,11 @@ logger = logging.getLogger(__name__)
 #: every ``evaluate:`` parameter and its default (nested dicts are merged key by key)
 #: the ``training_record`` (finetune) key listing the images duplicated in finetuning
 DUPLICATED_KEY = "duplicated_ids"
-GENERATION_COLUMNS = ("gen_id", "file_name", "prompt", "original_prompt", "source_image_id", "image")
+GENERATION_COLUMNS = ("gen_id", "file_name", "prompt", "original_prompt", "source_image_id", "detect_first",
+                      "detect_mean", "image")
 SCORE_COLUMNS = ("gen_id", "file_name", "top1_similarity", "copy", "match_image_id", "topk_ids", "topk_scores",
                  "prompt", "original_prompt", "source_image_id", "source_duplicated", "match_duplicated",
-                 "descriptor")
+                 "detect_first", "detect_mean", "descriptor")
 CONTROL_COLUMNS = ("control", "image_id", "source_image_id", "transform", "top1_similarity", "copy",
                    "match_image_id", "match_is_source")
 
@@ -83,6 +85,8 @@ def checked_generations(frame: pd.DataFrame, where: str) -> pd.DataFrame:
             out[col] = None
     if "original_prompt" not in out.columns:
         out["original_prompt"] = out["prompt"]
+    for col in ("detect_first", "detect_mean"):  # Wen et al.'s scores: generate records them, other sources do not
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(np.float64) if col in out.columns else np.nan
     for col in ("file_name", "source_image_id"):  # object columns: None stays None (pandas 3 'str' uses NaN)
         out[col] = pd.Series([None if missing_value(v) else str(v) for v in out[col]], index=out.index, dtype=object)
     return out[list(GENERATION_COLUMNS)]
@@ -465,6 +469,8 @@ def summarise(
                                     replication_background["known_duplicate_group"].notna().sum())},
         "controls": controls,
         "pdq_cross_check": dict(pdq) if pdq is not None else {"skipped": "not computed"},
+        "detection": detection_quality(prompt_table(replication_scores), derive_seed(seed, "evaluate", "detection"),
+                                       **boot),
         "per_prompt": rep.per_prompt_summary(replication_per_prompt, int(p["per_prompt_top"]), thresholds),
         "splits": {
             "source_duplicated": duplicated_split(replication_scores, finetune, thresholds, t),
@@ -499,6 +505,10 @@ def headline_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         out[f"calibration_{family}_recall"] = r["recall"]
     pp = summary["per_prompt"]
     out["per_prompt_max_mean"] = pp["max"]["mean"]
+    for score, d in (summary.get("detection") or {}).items():
+        if isinstance(d, dict) and "auc" in d:
+            out[f"detection_{score}_auc"] = d["auc"]
+            out[f"detection_{score}_tpr_at_1pct_fpr"] = d["tpr_at_1pct_fpr"]
     pdq = summary.get("pdq_cross_check") or {}
     out["pdq_confirmed_share"] = pdq.get("confirmed_share")
     out["pdq_agreement"] = pdq.get("agreement")
