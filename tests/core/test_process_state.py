@@ -74,4 +74,4 @@ def test_one_list_of_text_mitigations_for_training_and_generation():
     assert sample.TEXT_MITIGATIONS is captions.TEXT_MITIGATIONS
     assert set(captions.INFERENCE_MITIGATIONS) == {"none", "gn", *captions.TEXT_MITIGATIONS,
                                                    *captions.SAMPLER_MITIGATIONS}
-    assert set(captions.TRAIN_MITIGATIONS) == {"none", "gn", *captions.TEXT_MITIGATIONS, "mc"}
+    assert set(captions.TRAIN_MITIGATIONS) == {"none", "gn", *captions.TEXT_MITIGATIONS, "mc", "wen"}

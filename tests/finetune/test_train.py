@@ -242,3 +242,21 @@ def test_two_processes_train_data_parallel_like_one(tmp_path: Path):
     assert one["loss"][0][1] == pytest.approx(two["loss"][0][1], rel=1e-5)  # same batch, same start
     assert one["loss"][1][1] == pytest.approx(two["loss"][1][1], rel=1e-3)  # one (all-reduced) update later
     assert max((one["unet"][k] - two["unet"][k]).abs().max().item() for k in one["unet"]) < 1e-2
+
+
+def test_wen_leaves_samples_above_the_threshold_out_of_the_loss(table):
+    everything = train(table, small(mitigation="wen", wen_threshold=0.0, steps=3), SEED, CPU)
+    nothing = train(table, small(mitigation="wen", wen_threshold=1e9, steps=3), SEED, CPU)
+    plain = train(table, small(steps=3), SEED, CPU)
+    batch = small().batch_size
+    assert everything.wen_left_out == 3 * batch and nothing.wen_left_out == 0 and plain.wen_left_out is None
+    # every sample left out: no loss; none left out: the plain loss (the same mean, summed in another order)
+    assert all(loss == 0.0 for _, loss in everything.loss_history)
+    np.testing.assert_allclose([v for _, v in nothing.loss_history], [v for _, v in plain.loss_history], rtol=1e-5)
+
+
+def test_wen_without_a_threshold_is_an_error_naming_it():
+    from copying_study.schemas import FinetuneParams
+
+    with pytest.raises(ValueError, match="wen_threshold"):
+        FinetuneParams.from_params({"mitigation": "wen"})

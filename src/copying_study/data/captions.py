@@ -26,8 +26,9 @@ from copying_study.utils.seeding import python_rng
 CAPTION_TYPES = ("fixed", "class", "original", "blip", "random")
 TEXT_MITIGATIONS = ("rc", "rt", "cwr", "rna")
 """Mitigations that rewrite a caption's text (train time and inference time alike)."""
-TRAIN_MITIGATIONS = ("none", "mc", "gn", *TEXT_MITIGATIONS)
-"""Train-time mitigations: ``mc`` draws from the image's alternatives, ``gn`` noises the text embedding."""
+TRAIN_MITIGATIONS = ("none", "mc", "gn", *TEXT_MITIGATIONS, "wen")
+"""Train-time mitigations: ``mc`` draws from the image's alternatives, ``gn`` noises the text embedding, ``wen``
+(Wen et al., ICLR 2024) leaves samples with a high detection score out of the loss."""
 SAMPLER_MITIGATIONS = ("wen", "delayed", "opposite")
 """Inference-time mitigations that act inside the sampler, not on the text: Wen et al.'s prompt-embedding
 optimisation and Jain et al.'s delayed / opposite guidance (``copying_study.diffusion.sample``)."""
@@ -188,7 +189,7 @@ def perturb_caption(
     the paper's code). Exactly one ``rng.random()`` is drawn for the gate whatever the outcome, so a sequence of
     calls stays aligned across mitigations with the same seed."""
     check_choice(mitigation, TRAIN_MITIGATIONS, "mitigation")
-    if mitigation in ("none", "gn"):
+    if mitigation in ("none", "gn", "wen"):  # these act on embeddings or the loss, not on the text
         return caption
     if mitigation == "mc":
         if not alternatives_:

@@ -340,6 +340,7 @@ class TrainResult:
     loss_history: list[list[float]]  # [[step, mean loss over the logging window], ...]
     lr_history: list[list[float]]
     throughput_history: list[list[float]]  # [[step, steps/s, images/s over the logging window], ...]
+    wen_left_out: int | None  # samples the wen mitigation left out of the loss (None: another mitigation)
     sample_grids: dict[int, np.ndarray]  # step -> uint8 [H, W, 3]
     samples_per_image: np.ndarray  # how often each image was drawn
     seconds: float
@@ -365,6 +366,22 @@ def _mixed_precision(s: FinetuneParams, device: torch.device) -> torch.dtype | N
     if device.type != "cuda":
         raise ValueError(f"finetune.mixed_precision={mp} needs a CUDA device (this run uses {device}); use no or auto")
     return torch.bfloat16 if mp == "bf16" else torch.float16
+
+
+def _wen_keep(pipe, text_encoder, unet_fwd, noisy: torch.Tensor, timesteps: torch.Tensor, emb: torch.Tensor,
+              pred: torch.Tensor, noise_scheduler, prediction_type: str, threshold: float,
+              device: torch.device) -> torch.Tensor:
+    """Wen et al.'s training-time mitigation: 1 for each sample kept in the loss, 0 for a sample whose detection
+    score (the L2 norm of its text-conditional noise prediction, ``copying_study.diffusion.detection``, one extra
+    UNet call without gradients on the empty caption) exceeds ``threshold``."""
+    from copying_study.diffusion.detection import epsilon_factor, loss_mask, text_conditional_norm
+
+    with torch.no_grad():
+        empty = encode_prompts(pipe, [""], device, text_encoder).expand_as(emb)
+        uncond = unet_fwd(noisy, timesteps, encoder_hidden_states=empty, return_dict=False)[0]
+        alpha_bar = noise_scheduler.alphas_cumprod.to(device)[timesteps]
+        scores = text_conditional_norm(uncond, pred.detach(), epsilon_factor(prediction_type, alpha_bar))
+    return loss_mask(scores, threshold).to(device)
 
 
 def resolve_base(s: FinetuneParams, device: torch.device) -> tuple[str, dict[str, Any]]:
@@ -510,6 +527,7 @@ def train(
                     "--params finetune.resume_from=%s/step_<n>.pt)", ckpt_dir, ckpt_dir)
 
     grid_rows = _grid_prompts(plan, s.sample_prompts)
+    wen_left_out = torch.zeros((), device=device)  # samples the wen mitigation left out of the loss (this process)
     pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log/checkpoint, not per step)
     t_train = time.perf_counter()
     # throughput over each logging window, without the time spent on sample grids and checkpoints
@@ -541,7 +559,15 @@ def train(
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
             pred = unet_fwd(noisy, timesteps, encoder_hidden_states=emb, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), target.float())
+            if s.mitigation == "wen":
+                keep = _wen_keep(pipe, text_encoder, unet_fwd, noisy, timesteps, emb, pred, noise_scheduler,
+                                 prediction_type, s.wen_threshold, device)
+        if s.mitigation == "wen":  # Wen et al.: samples with a high detection score are left out of the loss
+            per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+            loss = (per_sample * keep).sum() / keep.sum().clamp(min=1.0)
+            wen_left_out = wen_left_out + (keep.numel() - keep.sum())
+        else:
+            loss = F.mse_loss(pred.float(), target.float())
         if accelerator is not None:
             accelerator.backward(loss)
             if s.max_grad_norm > 0:
@@ -586,6 +612,8 @@ def train(
         paused += time.perf_counter() - t_aside
     seconds = time.perf_counter() - t_train
     steps_run = s.steps - start_step
+    if accelerator is not None and s.mitigation == "wen":
+        wen_left_out = accelerator.reduce(wen_left_out, reduction="sum")
     if accelerator is not None:
         accelerator.wait_for_everyone()
         pipe.unet = accelerator.unwrap_model(unet_fwd)
@@ -606,6 +634,7 @@ def train(
     return TrainResult(
         pipe=pipe, plan=plan, loss_history=loss_history, lr_history=lr_history,
         throughput_history=throughput_history, sample_grids=sample_grids,
+        wen_left_out=int(round(float(wen_left_out))) if s.mitigation == "wen" else None,
         samples_per_image=counts, seconds=seconds,
         samples_per_s=steps_run * s.batch_size / max(seconds, 1e-9), steps_run=steps_run,
         resumed_from=resumed_from, resumed_checkpoint=str(last) if last is not None else None,

@@ -43,6 +43,7 @@ class FinetuneParams(Params):
     rc_words: AtLeastOne = 4
     rna_high: Count = 10**6
     gn_lambda: NonNegative = 0.1
+    wen_threshold: NonNegative | None = None
     random_caption_words: AtLeastOne = 6
     uncond_prob: Probability = 0.1
     train_text_encoder: bool = True
@@ -87,6 +88,14 @@ class FinetuneParams(Params):
             raise ValueError(
                 "duplication 'partial' draws a duplicated image's caption from its alternatives, so it needs "
                 f"caption_type original or blip (got {self.caption_type!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _wen_needs_a_threshold(self) -> FinetuneParams:
+        if self.mitigation == "wen" and self.wen_threshold is None:
+            raise ValueError("mitigation 'wen' leaves samples whose detection score exceeds wen_threshold out of the "
+                             "loss: set finetune.wen_threshold (the scale depends on the model: look at "
+                             "generations' detect_first first, docs/finetune.md)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

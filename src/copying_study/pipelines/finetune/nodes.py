@@ -56,6 +56,9 @@ def training_record(result: TrainResult, table: pd.DataFrame, params: dict[str, 
         "components": result.components,
         "fallbacks": plan.notes,
         "final_loss": result.loss_history[-1][1] if result.loss_history else None,
+        "wen": None if result.wen_left_out is None else {
+            "threshold": params["wen_threshold"], "samples_left_out": result.wen_left_out,
+            "share_left_out": result.wen_left_out / max(1, int(counts.sum()))},
     }
 
 
