@@ -24,10 +24,7 @@ import warnings
 from kedro.framework.hooks import hook_impl
 
 THIRD_PARTY_LEVELS = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
-                      "MLFLOW_LOGGING_LEVEL": "WARNING",
-                      # diffusers' "Loading pipeline components" and transformers' "Loading weights" bars (both
-                      # follow huggingface_hub's switch); the project's own bars show on a terminal only
-                      "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+                      "MLFLOW_LOGGING_LEVEL": "WARNING"}
 DATA_CATALOG_LOGGER = "kedro.io.data_catalog"
 _DROPPED = ("Completed node: %s", "Completed %d out of %d tasks", "Using synchronous mode")
 

@@ -66,3 +66,18 @@ def test_progress_bars_are_drawn_only_on_a_terminal(monkeypatch):
     assert progress_enabled()
     monkeypatch.setenv("COPYING_STUDY_NO_PROGRESS", "1")
     assert not progress_enabled()
+
+
+def test_loading_a_model_draws_no_library_progress_bars_off_a_terminal(tmp_path, monkeypatch):
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    from copying_study.diffusion.models import build_tiny_pipeline, load_pipeline
+    from tests.finetune.helpers import TEST_TINY
+
+    build_tiny_pipeline(["a red circle"], resolution=16, seed=0, **TEST_TINY).save_pretrained(tmp_path / "m")
+    diffusers_logging.enable_progress_bar()
+    transformers_logging.enable_progress_bar()
+    monkeypatch.setenv("COPYING_STUDY_NO_PROGRESS", "1")  # as off a terminal
+    load_pipeline(str(tmp_path / "m"))
+    assert not diffusers_logging.is_progress_bar_enabled() and not transformers_logging.is_progress_bar_enabled()

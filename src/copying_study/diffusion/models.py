@@ -321,6 +321,18 @@ def check_hf_cached(model_id: str) -> str:
         ) from exc
 
 
+def _loading_bars() -> None:
+    """diffusers' "Loading pipeline components" and transformers' "Loading weights" bars follow the project's rule
+    (``copying_study.utils.progress``): drawn on a terminal only."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    from copying_study.utils.progress import progress_enabled
+
+    for module in (diffusers_logging, transformers_logging):
+        (module.enable_progress_bar if progress_enabled() else module.disable_progress_bar)()
+
+
 def load_pipeline(
     source: str,
     device: str | torch.device | None = None,
@@ -350,6 +362,7 @@ def load_pipeline(
         index = (Path(folder) / "model_index.json").read_text()
         if "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
+        _loading_bars()
         pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
         dtype = None  # already loaded in it
     if device is not None or dtype is not None:
