@@ -188,3 +188,19 @@ def test_base_and_paper_grids_expand_and_merge_with_the_project_parameters():
         assert {"none", "full", "partial"} <= set(finetune["duplication"])
         assert "mc" in set(finetune["mitigation"])
         assert {"rt", "rna", "gn", "cwr"} <= {m["generate"]["mitigation"] for m in merged}
+
+
+def test_the_mitigations_grid_expands_every_inference_mitigation_from_one_model():
+    from kedro.config import OmegaConfigLoader
+
+    from copying_study.data.captions import INFERENCE_MITIGATIONS
+    from copying_study.schemas import GenerateParams
+
+    tree = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="mitigations")["parameters"]
+    cells = expand_grid(tree["study"])
+    assert {c.seed for c in cells} == {0, 1}
+    merged = {c.name: cell_parameters(tree, c) for c in cells}
+    assert {m["generate"]["mitigation"] for m in merged.values()} == set(INFERENCE_MITIGATIONS)
+    for m in merged.values():
+        GenerateParams.from_params(m["generate"])  # each cell's generate block is valid
+    assert {m["finetune"]["ddf"] for m in merged.values()} == {10}
