@@ -13,9 +13,9 @@ import argparse
 
 import numpy as np
 
+from copying_study.data.dedup import find_clusters, pair_scores
 from copying_study.data.embedded import generate_embedded
 from copying_study.descriptors import EncodedImages, load_descriptor
-from copying_study.pipelines.dedup_clusters.dedup import find_clusters, pair_scores
 from copying_study.schemas import DedupParams
 
 

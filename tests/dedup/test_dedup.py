@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from copying_study.data import dedup
 from copying_study.data.embedded import generate_embedded
-from copying_study.pipelines.dedup_clusters import dedup, nodes
+from copying_study.pipelines.dedup_clusters import nodes
 from copying_study.schemas import DedupParams
 from tests.conftest import make_training_set
 

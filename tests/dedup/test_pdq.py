@@ -295,7 +295,7 @@ def test_evaluate_top_matches_scores_pdq_on_the_hamming_scale(pdq, photos):
 
 
 def test_find_clusters_with_pdq_marks_quality(pdq, photos):
-    from copying_study.pipelines.dedup_clusters import dedup
+    from copying_study.data import dedup
     from copying_study.schemas import DedupParams
 
     images = [*photos, jpeg(photos[0], 50), Image.new("RGB", (64, 64), "grey"), Image.new("RGB", (80, 80), "grey")]

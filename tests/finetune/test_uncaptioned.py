@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from copying_study.data import dedup
 from copying_study.data.captions import FALLBACK_WORDS
 from copying_study.diffusion.train import make_plan
-from copying_study.pipelines.dedup_clusters import dedup
 from tests.finetune.helpers import TEST_TINY, small
 
 SEED = 1

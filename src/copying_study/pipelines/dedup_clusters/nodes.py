@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from copying_study.data import dedup
 from copying_study.descriptors import EncodedImages, load_descriptor
-from copying_study.pipelines.dedup_clusters import dedup
 from copying_study.pipelines.dedup_clusters.plots import cluster_gallery, cluster_size_histogram
 from copying_study.schemas import DedupParams
 from copying_study.utils.device import pick_device
