@@ -260,3 +260,37 @@ def test_wen_without_a_threshold_is_an_error_naming_it():
 
     with pytest.raises(ValueError, match="wen_threshold"):
         FinetuneParams.from_params({"mitigation": "wen"})
+    with pytest.raises(ValueError, match="exactly one"):
+        FinetuneParams.from_params({"mitigation": "wen", "wen_threshold": 1.0, "wen_quantile": 0.9})
+    with pytest.raises(ValueError, match="wen_calibration_steps"):
+        FinetuneParams.from_params({"mitigation": "wen", "wen_quantile": 0.9, "steps": 10,
+                                    "wen_calibration_steps": 10})
+
+
+def test_wen_calibrated_threshold_is_numpys_quantile_of_every_recorded_score():
+    from copying_study.diffusion.train import wen_calibrated_threshold
+
+    scores = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0])]
+    assert wen_calibrated_threshold(scores, 0.5) == pytest.approx(2.5)
+    assert wen_calibrated_threshold(scores, 0.75) == pytest.approx(3.25)  # linear: 3 + 0.25 * (4 - 3)
+    with pytest.raises(ValueError, match="wen_quantile"):
+        wen_calibrated_threshold([], 0.5)
+
+
+def test_wen_quantile_keeps_every_sample_while_calibrating_then_leaves_out_those_above(table, monkeypatch):
+    """With known scores (0, 1, ..., batch-1 in every step) the calibrated threshold is their median; the two
+    calibration steps keep every sample (the plain loss), and each later step leaves out the samples above it."""
+    import copying_study.diffusion.train as train_module
+
+    batch = small().batch_size
+    monkeypatch.setattr(train_module, "_wen_scores",
+                        lambda *args, **kwargs: torch.arange(batch, dtype=torch.float32))
+    s = small(mitigation="wen", wen_quantile=0.5, wen_calibration_steps=2, steps=4, log_every=1)
+    mitigated = train(table, s, SEED, CPU)
+    plain = train(table, small(steps=4, log_every=1), SEED, CPU)
+    median = float(np.median(np.arange(batch)))
+    assert mitigated.wen_threshold == pytest.approx(median)
+    assert mitigated.wen_left_out == 2 * int((np.arange(batch) > median).sum())
+    np.testing.assert_allclose([v for _, v in mitigated.loss_history[:2]], [v for _, v in plain.loss_history[:2]],
+                               rtol=1e-5)
+    assert mitigated.loss_history[2][1] != pytest.approx(plain.loss_history[2][1], rel=1e-6)

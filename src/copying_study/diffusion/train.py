@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from copying_study.data import captions as cap
+from copying_study.diffusion.detection import loss_mask
 from copying_study.diffusion.models import (
     add_embedding_noise,
     describe_pipeline,
@@ -341,6 +342,7 @@ class TrainResult:
     lr_history: list[list[float]]
     throughput_history: list[list[float]]  # [[step, steps/s, images/s over the logging window], ...]
     wen_left_out: int | None  # samples the wen mitigation left out of the loss (None: another mitigation)
+    wen_threshold: float | None  # the threshold it applied (given, or the calibrated quantile)
     sample_grids: dict[int, np.ndarray]  # step -> uint8 [H, W, 3]
     samples_per_image: np.ndarray  # how often each image was drawn
     seconds: float
@@ -368,20 +370,27 @@ def _mixed_precision(s: FinetuneParams, device: torch.device) -> torch.dtype | N
     return torch.bfloat16 if mp == "bf16" else torch.float16
 
 
-def _wen_keep(pipe, text_encoder, unet_fwd, noisy: torch.Tensor, timesteps: torch.Tensor, emb: torch.Tensor,
-              pred: torch.Tensor, noise_scheduler, prediction_type: str, threshold: float,
-              device: torch.device) -> torch.Tensor:
-    """Wen et al.'s training-time mitigation: 1 for each sample kept in the loss, 0 for a sample whose detection
-    score (the L2 norm of its text-conditional noise prediction, ``copying_study.diffusion.detection``, one extra
-    UNet call without gradients on the empty caption) exceeds ``threshold``."""
-    from copying_study.diffusion.detection import epsilon_factor, loss_mask, text_conditional_norm
+def _wen_scores(pipe, text_encoder, unet_fwd, noisy: torch.Tensor, timesteps: torch.Tensor, emb: torch.Tensor,
+                pred: torch.Tensor, noise_scheduler, prediction_type: str, device: torch.device) -> torch.Tensor:
+    """Wen et al.'s training-time mitigation: each sample's detection score (the L2 norm of its text-conditional
+    noise prediction, ``copying_study.diffusion.detection``, one extra UNet call without gradients on the empty
+    caption); a sample scoring above the threshold is left out of the loss (``detection.loss_mask``)."""
+    from copying_study.diffusion.detection import epsilon_factor, text_conditional_norm
 
     with torch.no_grad():
         empty = encode_prompts(pipe, [""], device, text_encoder).expand_as(emb)
         uncond = unet_fwd(noisy, timesteps, encoder_hidden_states=empty, return_dict=False)[0]
         alpha_bar = noise_scheduler.alphas_cumprod.to(device)[timesteps]
-        scores = text_conditional_norm(uncond, pred.detach(), epsilon_factor(prediction_type, alpha_bar))
-    return loss_mask(scores, threshold).to(device)
+        return text_conditional_norm(uncond, pred.detach(), epsilon_factor(prediction_type, alpha_bar)).to(device)
+
+
+def wen_calibrated_threshold(scores: list[torch.Tensor], quantile: float) -> float:
+    """The threshold of ``finetune.wen_quantile``: that quantile (numpy's linear rule, in float64) of every score
+    recorded during the calibration steps."""
+    values = np.concatenate([t.detach().reshape(-1).cpu().double().numpy() for t in scores]) if scores else []
+    if len(values) == 0:
+        raise ValueError("finetune.wen_quantile: no detection score was recorded during the calibration steps")
+    return float(np.quantile(values, quantile))
 
 
 def resolve_base(s: FinetuneParams, device: torch.device) -> tuple[str, dict[str, Any]]:
@@ -528,6 +537,12 @@ def train(
 
     grid_rows = _grid_prompts(plan, s.sample_prompts)
     wen_left_out = torch.zeros((), device=device)  # samples the wen mitigation left out of the loss (this process)
+    # wen_quantile: every sample is kept during the first wen_calibration_steps steps and its score recorded (from
+    # every process); the threshold is then that quantile of the recorded scores
+    wen_threshold, wen_calibration = s.wen_threshold, []
+    if last is not None and s.mitigation == "wen" and s.wen_quantile is not None:
+        wen_threshold = state.get("wen_threshold")
+        wen_calibration = [t.to(device) for t in state.get("wen_calibration", [])]
     pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log/checkpoint, not per step)
     t_train = time.perf_counter()
     # throughput over each logging window, without the time spent on sample grids and checkpoints
@@ -560,9 +575,19 @@ def train(
             target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
             pred = unet_fwd(noisy, timesteps, encoder_hidden_states=emb, return_dict=False)[0]
             if s.mitigation == "wen":
-                keep = _wen_keep(pipe, text_encoder, unet_fwd, noisy, timesteps, emb, pred, noise_scheduler,
-                                 prediction_type, s.wen_threshold, device)
+                scores = _wen_scores(pipe, text_encoder, unet_fwd, noisy, timesteps, emb, pred, noise_scheduler,
+                                     prediction_type, device)
         if s.mitigation == "wen":  # Wen et al.: samples with a high detection score are left out of the loss
+            if wen_threshold is None:  # calibrating: every sample is kept, its score recorded
+                keep = torch.ones_like(scores, dtype=torch.float32)
+                wen_calibration.append(accelerator.gather(scores) if accelerator is not None else scores)
+                if step + 1 == s.wen_calibration_steps:
+                    wen_threshold = wen_calibrated_threshold(wen_calibration, s.wen_quantile)
+                    logger.info("wen: threshold %.6g, the %.3g quantile of %d detection scores of the first %d "
+                                "steps", wen_threshold, s.wen_quantile, sum(t.numel() for t in wen_calibration),
+                                s.wen_calibration_steps)
+            else:
+                keep = loss_mask(scores, wen_threshold).to(device)
             per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
             loss = (per_sample * keep).sum() / keep.sum().clamp(min=1.0)
             wen_left_out = wen_left_out + (keep.numel() - keep.sum())
@@ -608,6 +633,7 @@ def train(
                 "rng": _rng_state(), "counts": counts, "step_losses": step_losses,
                 "loss_history": loss_history, "lr_history": lr_history, "sample_grids": sample_grids,
                 "throughput_history": throughput_history,
+                "wen_threshold": wen_threshold, "wen_calibration": [t.cpu() for t in wen_calibration],
             }, s.keep_checkpoints)
         paused += time.perf_counter() - t_aside
     seconds = time.perf_counter() - t_train
@@ -635,6 +661,7 @@ def train(
         pipe=pipe, plan=plan, loss_history=loss_history, lr_history=lr_history,
         throughput_history=throughput_history, sample_grids=sample_grids,
         wen_left_out=int(round(float(wen_left_out))) if s.mitigation == "wen" else None,
+        wen_threshold=wen_threshold if s.mitigation == "wen" else None,
         samples_per_image=counts, seconds=seconds,
         samples_per_s=steps_run * s.batch_size / max(seconds, 1e-9), steps_run=steps_run,
         resumed_from=resumed_from, resumed_checkpoint=str(last) if last is not None else None,
@@ -692,3 +719,65 @@ def sample_grid(pipe, table: pd.DataFrame, plan: TrainingPlan, rows: list[int], 
         ref = (image_tensor(table["image"].iloc[r], s.resolution).permute(1, 2, 0).numpy() + 1) / 2
         tiles.append(np.concatenate([ref, images[2 * j], images[2 * j + 1]], axis=1))
     return (np.clip(np.concatenate(tiles, axis=0), 0, 1) * 255).round().astype(np.uint8)
+
+
+def training_record(result: TrainResult, table: pd.DataFrame, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The JSON record of a finetuning run (see docs/finetune.md for every key)."""
+    plan = result.plan
+    dup = plan.duplicated
+    counts = result.samples_per_image
+    labels = table["class_label"].dropna().astype(str).unique().tolist() if "class_label" in table.columns else []
+    return {
+        "settings": params,
+        "seed": int(seed),
+        "base_model": params["base_model"],
+        "base": result.base,
+        "caption_type": params["caption_type"],
+        "duplication": params["duplication"],
+        "ddf": params["ddf"] if params["duplication"] != "none" else 1.0,
+        "mitigation": params["mitigation"],
+        "train_text_encoder": params["train_text_encoder"],
+        "captions": plan.caption_of(),
+        "vocabulary": plan.vocabulary,
+        "class_labels": sorted(labels),
+        "duplicated_ids": plan.duplicated_ids,
+        "n_images": len(plan.image_ids),
+        "samples_drawn": {
+            "duplicated_per_image": float(counts[dup].mean()) if dup.any() else None,
+            "other_per_image": float(counts[~dup].mean()) if (~dup).any() else None,
+            "total": int(counts.sum()),
+        },
+        "steps": int(params["steps"]),
+        "steps_run": int(result.steps_run),
+        "resumed_from_step": result.resumed_from,
+        "resumed_from_checkpoint": result.resumed_checkpoint,
+        "seconds": round(result.seconds, 3),
+        "samples_per_s": round(result.samples_per_s, 3),
+        "device": result.device,
+        "precision": result.precision,
+        "checksums": {"base": result.base_checksum, "finetuned": result.final_checksum},
+        "run_fingerprint": result.fingerprint,
+        "components": result.components,
+        "fallbacks": plan.notes,
+        "final_loss": result.loss_history[-1][1] if result.loss_history else None,
+        "wen": None if result.wen_left_out is None else {
+            "threshold": result.wen_threshold, "threshold_given": params.get("wen_threshold"),
+            "quantile": params.get("wen_quantile"),
+            "calibration_steps": params.get("wen_calibration_steps") if params.get("wen_quantile") else None,
+            "samples_left_out": result.wen_left_out,
+            "share_left_out": result.wen_left_out / max(1, int(counts.sum()))},
+    }
+
+
+def training_metrics(result: TrainResult) -> dict[str, Any]:
+    """The ``finetune_metrics`` of a run: loss and learning-rate histories and the throughput as
+    ``[[step, value], ...]``, samples/s and seconds."""
+    return {
+        "train_loss": result.loss_history,
+        "learning_rate": result.lr_history,
+        # training throughput as stepped metrics beside the loss (timings: the audit skips them)
+        "steps_per_s": [[step, sps] for step, sps, _ in result.throughput_history],
+        "images_per_s": [[step, ips] for step, _, ips in result.throughput_history],
+        "samples_per_s": result.samples_per_s,
+        "train_seconds": result.seconds,
+    }

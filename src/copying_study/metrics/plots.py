@@ -71,3 +71,18 @@ def pair_gallery(
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def sample_grid_figures(grids: dict[int, np.ndarray]) -> dict[str, Any]:
+    """One figure per sampled step: each row is a training image and two generations from its training caption."""
+    figures = {}
+    for step, grid in sorted(grids.items()):
+        h, w = grid.shape[:2]
+        fig = Figure(figsize=(max(3.5, w / 16), max(3.0, h / 16)), dpi=100)
+        ax = fig.subplots()
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(f"step {step}: training image | two samples", fontsize=8)
+        ax.axis("off")
+        fig.tight_layout()
+        figures[f"step_{int(step):07d}.png"] = fig
+    return figures

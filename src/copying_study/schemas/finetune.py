@@ -44,6 +44,8 @@ class FinetuneParams(Params):
     rna_high: Count = 10**6
     gn_lambda: NonNegative = 0.1
     wen_threshold: NonNegative | None = None
+    wen_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    wen_calibration_steps: AtLeastOne = 20
     random_caption_words: AtLeastOne = 6
     uncond_prob: Probability = 0.1
     train_text_encoder: bool = True
@@ -92,10 +94,17 @@ class FinetuneParams(Params):
 
     @model_validator(mode="after")
     def _wen_needs_a_threshold(self) -> FinetuneParams:
-        if self.mitigation == "wen" and self.wen_threshold is None:
-            raise ValueError("mitigation 'wen' leaves samples whose detection score exceeds wen_threshold out of the "
-                             "loss: set finetune.wen_threshold (the scale depends on the model: look at "
-                             "generations' detect_first first, docs/finetune.md)")
+        if self.mitigation != "wen":
+            return self
+        if (self.wen_threshold is None) == (self.wen_quantile is None):
+            raise ValueError(
+                "mitigation 'wen' leaves samples whose detection score exceeds a threshold out of the loss: set "
+                "exactly one of finetune.wen_threshold (a score on the model's own scale: look at generations' "
+                "detect_first first) or finetune.wen_quantile (the threshold is that quantile of the scores of the "
+                "first wen_calibration_steps steps, in which every sample is kept; docs/finetune.md)")
+        if self.wen_quantile is not None and self.wen_calibration_steps >= self.steps:
+            raise ValueError(f"finetune.wen_calibration_steps={self.wen_calibration_steps} leaves no step of the "
+                             f"{self.steps} to mitigate: use fewer calibration steps")
         return self
 
     def to_dict(self) -> dict[str, Any]:
