@@ -142,6 +142,26 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_weights(table, tmp_p
     assert not (tmp_path / "ckpt" / "r1").exists()  # completed: its checkpoints are gone
 
 
+def test_a_resumed_wen_run_keeps_its_calibration(table, tmp_path: Path):
+    """Killed between calibration and the end, a wen_quantile run resumes with the threshold it calibrated (from
+    the checkpoint) and ends with the uninterrupted run's weights and exclusions; killed during calibration, it
+    resumes with the scores recorded so far."""
+    common = dict(steps=6, checkpoint_every=2, keep_checkpoints=1, mitigation="wen", wen_quantile=0.5,
+                  wen_calibration_steps=3)
+    reference = train(table, small(**common, checkpoint_dir=str(tmp_path / "ref")), SEED, CPU)
+    assert reference.wen_threshold is not None and reference.wen_left_out > 0
+    for stop_at, run_id in ((5, "after"), (3, "during")):  # killed in step 6 (checkpoint 4), in step 4 (checkpoint 2)
+        s = small(**common, checkpoint_dir=str(tmp_path / "ckpt"))
+        with pytest.raises(KeyboardInterrupt):
+            train(table, s, SEED, CPU, observer=Recorder(stop_at=stop_at), run_id=run_id)
+        resumed = train(table, s, SEED, CPU, run_id=run_id)
+        assert resumed.resumed_from in (2, 4)
+        assert resumed.wen_threshold == reference.wen_threshold
+        assert resumed.final_checksum == reference.final_checksum
+        assert resumed.loss_history == reference.loss_history
+        assert resumed.wen_left_out == reference.wen_left_out
+
+
 def test_another_run_resumes_only_a_checkpoint_it_names(table, tmp_path: Path):
     s = small(steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path))
     complete = train(table, s, SEED, CPU, run_id="a")

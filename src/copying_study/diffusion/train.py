@@ -384,6 +384,11 @@ def _wen_scores(pipe, text_encoder, unet_fwd, noisy: torch.Tensor, timesteps: to
         return text_conditional_norm(uncond, pred.detach(), epsilon_factor(prediction_type, alpha_bar)).to(device)
 
 
+def _wen_total(left_out: torch.Tensor, accelerator) -> float:
+    """Samples left out so far, summed over the processes (for the checkpoint; every process calls it)."""
+    return float(accelerator.reduce(left_out.clone(), reduction="sum")) if accelerator is not None else float(left_out)
+
+
 def wen_calibrated_threshold(scores: list[torch.Tensor], quantile: float) -> float:
     """The threshold of ``finetune.wen_quantile``: that quantile (numpy's linear rule, in float64) of every score
     recorded during the calibration steps."""
@@ -540,9 +545,11 @@ def train(
     # wen_quantile: every sample is kept during the first wen_calibration_steps steps and its score recorded (from
     # every process); the threshold is then that quantile of the recorded scores
     wen_threshold, wen_calibration = s.wen_threshold, []
-    if last is not None and s.mitigation == "wen" and s.wen_quantile is not None:
-        wen_threshold = state.get("wen_threshold")
-        wen_calibration = [t.to(device) for t in state.get("wen_calibration", [])]
+    if last is not None and s.mitigation == "wen":
+        wen_left_out = torch.as_tensor(float(state.get("wen_left_out") or 0.0), device=device) / world
+        if s.wen_quantile is not None:
+            wen_threshold = state.get("wen_threshold")
+            wen_calibration = [t.to(device) for t in state.get("wen_calibration", [])]
     pending: list[torch.Tensor] = []  # losses not yet copied to the host (one sync per log/checkpoint, not per step)
     t_train = time.perf_counter()
     # throughput over each logging window, without the time spent on sample grids and checkpoints
@@ -625,6 +632,9 @@ def train(
         t_aside = time.perf_counter()
         if is_main and s.sample_every and (done % s.sample_every == 0 or done == s.steps):
             sample_grids[done] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
+        wen_so_far = (_wen_total(wen_left_out, accelerator)  # every process takes part in the reduction
+                      if s.mitigation == "wen" and s.checkpoint_every and done % s.checkpoint_every == 0
+                      and done < s.steps else None)
         if checkpoint_now:
             save_checkpoint(ckpt_dir, done, {
                 "fingerprint": fp, "step": done, "unet": _unwrap(unet_fwd).state_dict(),
@@ -634,6 +644,7 @@ def train(
                 "loss_history": loss_history, "lr_history": lr_history, "sample_grids": sample_grids,
                 "throughput_history": throughput_history,
                 "wen_threshold": wen_threshold, "wen_calibration": [t.cpu() for t in wen_calibration],
+                "wen_left_out": wen_so_far,
             }, s.keep_checkpoints)
         paused += time.perf_counter() - t_aside
     seconds = time.perf_counter() - t_train
