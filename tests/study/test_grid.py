@@ -190,7 +190,7 @@ def test_base_and_paper_grids_expand_and_merge_with_the_project_parameters():
         assert {"rt", "rna", "gn", "cwr"} <= {m["generate"]["mitigation"] for m in merged}
 
 
-def test_the_mitigations_grid_expands_every_inference_mitigation_from_one_model():
+def test_the_mitigations_grid_expands_every_inference_mitigation_from_one_model_and_trains_wen():
     from kedro.config import OmegaConfigLoader
 
     from copying_study.data.captions import INFERENCE_MITIGATIONS
@@ -204,3 +204,10 @@ def test_the_mitigations_grid_expands_every_inference_mitigation_from_one_model(
     for m in merged.values():
         GenerateParams.from_params(m["generate"])  # each cell's generate block is valid
     assert {m["finetune"]["ddf"] for m in merged.values()} == {10}
+    from copying_study.schemas import FinetuneParams
+
+    wen = [m["finetune"] for m in merged.values() if m["finetune"]["mitigation"] == "wen"]
+    assert wen and all(f["wen_quantile"] == 0.95 and f["wen_threshold"] is None for f in wen)
+    for f in wen:
+        FinetuneParams.from_params(f)  # the training-time wen cell validates (one threshold rule, steps to mitigate)
+    assert {merged[c.name]["finetune"]["mitigation"] for c in cells if c.kind == "train"} == {"none", "wen"}
