@@ -147,7 +147,7 @@ def test_a_resumed_wen_run_keeps_its_calibration(table, tmp_path: Path):
     the checkpoint) and ends with the uninterrupted run's weights and exclusions; killed during calibration, it
     resumes with the scores recorded so far."""
     common = dict(steps=6, checkpoint_every=2, keep_checkpoints=1, mitigation="wen", wen_quantile=0.5,
-                  wen_calibration_steps=3)
+                  wen_calibration_steps=3, duplication="full", dup_fraction=0.2, ddf=3.0)
     reference = train(table, small(**common, checkpoint_dir=str(tmp_path / "ref")), SEED, CPU)
     assert reference.wen_threshold is not None and reference.wen_left_out > 0
     for stop_at, run_id in ((5, "after"), (3, "during")):  # killed in step 6 (checkpoint 4), in step 4 (checkpoint 2)
@@ -160,6 +160,7 @@ def test_a_resumed_wen_run_keeps_its_calibration(table, tmp_path: Path):
         assert resumed.final_checksum == reference.final_checksum
         assert resumed.loss_history == reference.loss_history
         assert resumed.wen_left_out == reference.wen_left_out
+        assert resumed.wen_left_out_duplicated == reference.wen_left_out_duplicated
 
 
 def test_another_run_resumes_only_a_checkpoint_it_names(table, tmp_path: Path):
@@ -273,6 +274,12 @@ def test_wen_leaves_samples_above_the_threshold_out_of_the_loss(table):
     # every sample left out: no loss; none left out: the plain loss (the same mean, summed in another order)
     assert all(loss == 0.0 for _, loss in everything.loss_history)
     np.testing.assert_allclose([v for _, v in nothing.loss_history], [v for _, v in plain.loss_history], rtol=1e-5)
+    # the count of duplicated images' samples left out: all of them when every sample is, none when none is
+    dup = dict(duplication="full", dup_fraction=0.2, ddf=5.0)
+    every_dup = train(table, small(mitigation="wen", wen_threshold=0.0, steps=3, **dup), SEED, CPU)
+    drawn_dup = int(every_dup.samples_per_image[every_dup.plan.duplicated].sum())
+    assert 0 < drawn_dup < 3 * batch and every_dup.wen_left_out_duplicated == drawn_dup
+    assert nothing.wen_left_out_duplicated == 0 and plain.wen_left_out_duplicated is None
 
 
 def test_wen_without_a_threshold_is_an_error_naming_it():

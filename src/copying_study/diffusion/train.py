@@ -343,6 +343,7 @@ class TrainResult:
     throughput_history: list[list[float]]  # [[step, steps/s, images/s over the logging window], ...]
     wen_left_out: int | None  # samples the wen mitigation left out of the loss (None: another mitigation)
     wen_threshold: float | None  # the threshold it applied (given, or the calibrated quantile)
+    wen_left_out_duplicated: int | None  # of wen_left_out: samples of duplicated images
     sample_grids: dict[int, np.ndarray]  # step -> uint8 [H, W, 3]
     samples_per_image: np.ndarray  # how often each image was drawn
     seconds: float
@@ -542,11 +543,14 @@ def train(
 
     grid_rows = _grid_prompts(plan, s.sample_prompts)
     wen_left_out = torch.zeros((), device=device)  # samples the wen mitigation left out of the loss (this process)
+    wen_left_out_dup = torch.zeros((), device=device)  # of which samples of duplicated images
+    duplicated = torch.as_tensor(np.asarray(plan.duplicated, dtype=np.float32), device=device)
     # wen_quantile: every sample is kept during the first wen_calibration_steps steps and its score recorded (from
     # every process); the threshold is then that quantile of the recorded scores
     wen_threshold, wen_calibration = s.wen_threshold, []
     if last is not None and s.mitigation == "wen":
         wen_left_out = torch.as_tensor(float(state.get("wen_left_out") or 0.0), device=device) / world
+        wen_left_out_dup = torch.as_tensor(float(state.get("wen_left_out_duplicated") or 0.0), device=device) / world
         if s.wen_quantile is not None:
             wen_threshold = state.get("wen_threshold")
             wen_calibration = [t.to(device) for t in state.get("wen_calibration", [])]
@@ -598,6 +602,7 @@ def train(
             per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
             loss = (per_sample * keep).sum() / keep.sum().clamp(min=1.0)
             wen_left_out = wen_left_out + (keep.numel() - keep.sum())
+            wen_left_out_dup = wen_left_out_dup + ((1.0 - keep) * duplicated[idx]).sum()
         else:
             loss = F.mse_loss(pred.float(), target.float())
         if accelerator is not None:
@@ -632,9 +637,9 @@ def train(
         t_aside = time.perf_counter()
         if is_main and s.sample_every and (done % s.sample_every == 0 or done == s.steps):
             sample_grids[done] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
-        wen_so_far = (_wen_total(wen_left_out, accelerator)  # every process takes part in the reduction
+        wen_so_far = ((_wen_total(wen_left_out, accelerator), _wen_total(wen_left_out_dup, accelerator))
                       if s.mitigation == "wen" and s.checkpoint_every and done % s.checkpoint_every == 0
-                      and done < s.steps else None)
+                      and done < s.steps else (None, None))  # every process takes part in the reductions
         if checkpoint_now:
             save_checkpoint(ckpt_dir, done, {
                 "fingerprint": fp, "step": done, "unet": _unwrap(unet_fwd).state_dict(),
@@ -644,13 +649,14 @@ def train(
                 "loss_history": loss_history, "lr_history": lr_history, "sample_grids": sample_grids,
                 "throughput_history": throughput_history,
                 "wen_threshold": wen_threshold, "wen_calibration": [t.cpu() for t in wen_calibration],
-                "wen_left_out": wen_so_far,
+                "wen_left_out": wen_so_far[0], "wen_left_out_duplicated": wen_so_far[1],
             }, s.keep_checkpoints)
         paused += time.perf_counter() - t_aside
     seconds = time.perf_counter() - t_train
     steps_run = s.steps - start_step
     if accelerator is not None and s.mitigation == "wen":
         wen_left_out = accelerator.reduce(wen_left_out, reduction="sum")
+        wen_left_out_dup = accelerator.reduce(wen_left_out_dup, reduction="sum")
     if accelerator is not None:
         accelerator.wait_for_everyone()
         pipe.unet = accelerator.unwrap_model(unet_fwd)
@@ -673,6 +679,7 @@ def train(
         throughput_history=throughput_history, sample_grids=sample_grids,
         wen_left_out=int(round(float(wen_left_out))) if s.mitigation == "wen" else None,
         wen_threshold=wen_threshold if s.mitigation == "wen" else None,
+        wen_left_out_duplicated=int(round(float(wen_left_out_dup))) if s.mitigation == "wen" else None,
         samples_per_image=counts, seconds=seconds,
         samples_per_s=steps_run * s.batch_size / max(seconds, 1e-9), steps_run=steps_run,
         resumed_from=resumed_from, resumed_checkpoint=str(last) if last is not None else None,
@@ -776,6 +783,11 @@ def training_record(result: TrainResult, table: pd.DataFrame, params: dict[str, 
             "quantile": params.get("wen_quantile"),
             "calibration_steps": params.get("wen_calibration_steps") if params.get("wen_quantile") else None,
             "samples_left_out": result.wen_left_out,
+            "duplicated_samples_left_out": result.wen_left_out_duplicated,
+            "share_of_duplicated_samples_left_out": (result.wen_left_out_duplicated / max(1, int(counts[dup].sum()))
+                                                     if dup.any() else None),
+            "share_of_other_samples_left_out": ((result.wen_left_out - result.wen_left_out_duplicated)
+                                                / max(1, int(counts[~dup].sum())) if (~dup).any() else None),
             "share_left_out": result.wen_left_out / max(1, int(counts.sum()))},
     }
 

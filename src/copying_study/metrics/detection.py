@@ -109,7 +109,9 @@ def detection_quality(table: pd.DataFrame, seed: int, n_boot: int = 1000, confid
     out: dict[str, Any] = {
         "unit": "prompt", "label": "memorized = at least one of the prompt's generations is a copy",
         "n_prompts": int(len(table)), "n_memorized": int(table["memorized"].sum()) if len(table) else 0,
-        "cost": "free: computed from the two noise predictions that classifier-free guidance makes anyway",
+        "cost": ("generations' scores: 0 s extra (from the two noise predictions classifier-free guidance makes "
+                 "anyway); the copy guard's prompt-level score before sampling: one UNet call per prompt "
+                 "(benchmarks/detection_cost.py; docs/evaluate.md)"),
     }
     for k, name in enumerate(SCORES):
         values = table[name].to_numpy(dtype=np.float64) if len(table) else np.zeros(0)

@@ -83,7 +83,7 @@ def _ddf_figure(cells: pd.DataFrame, statistics: list[str], title: str) -> str:
     statistics = [s for s in statistics if _has(cells, s)]
     if not points or not statistics:
         return "<p>No cell without mitigations, or no copy statistics (study_generations is empty).</p>"
-    fig = Figure(figsize=(4.2 * len(statistics), 3.4))
+    fig = Figure(figsize=(4.6 * len(statistics), 3.4), layout="constrained")  # no label over its neighbour
     axes = fig.subplots(1, len(statistics), squeeze=False)[0]
     rows = []
     for ax, stat in zip(axes, statistics, strict=True):
@@ -94,7 +94,7 @@ def _ddf_figure(cells: pd.DataFrame, statistics: list[str], title: str) -> str:
                         label=f"{duplication} duplication")
         ax.set_xscale("log")
         ax.set_xlabel("data duplication factor (ddf; 1 = no duplication)")
-        ax.set_ylabel(LABELS[stat])
+        ax.set_ylabel(LABELS[stat].replace(" (", "\n("), fontsize=9)  # two lines: clear of the title
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     seen: set[str] = set()
@@ -159,7 +159,7 @@ def _caption_section(results: pd.DataFrame) -> str:
     stats = [s for s in ("copy_rate", "dataset_similarity") if _has(subset, s)]
     if not stats:
         return "<p>No copy statistics.</p>"
-    fig = Figure(figsize=(4.2 * len(stats), 3.2))
+    fig = Figure(figsize=(4.6 * len(stats), 3.2), layout="constrained")
     axes = fig.subplots(1, len(stats), squeeze=False)[0]
     for ax, stat in zip(axes, stats, strict=True):
         y = subset[f"cell_{stat}"].to_numpy(float)
