@@ -221,6 +221,19 @@ def test_generate_from_model_uses_a_folder_and_prompts_file(pipe, tmp_path, capl
     wtable, _, wrecord = generate_images_from_model({}, None, wen, 0, "cpu")
     assert (wtable["wen_iterations"] == 2).all() and (wtable["detect_first"] < wtable["wen_score_before"]).all()
     assert wrecord["mitigation"]["wen_max_iters"] == 2 and (wtable["mitigation"] == "wen").all()
+    # wen_target_quantile: the target is that quantile of the prompts' first-step scores (each prompt's first image,
+    # before optimisation), and an image is optimised exactly when its own score starts above the target
+    calibrated = params(model=str(folder), prompts="file", prompts_file=str(tmp_path / "prompts.txt"), n_images=4,
+                        images_per_prompt=2, steps=2, batch_size=4, mitigation="wen",
+                        strengths={"wen_target_quantile": 0.5, "wen_max_iters": 2})
+    ctable, _, crecord = generate_images_from_model({}, None, calibrated, 0, "cpu")
+    cal = crecord["mitigation"]["wen_target_calibration"]
+    heads = ctable.groupby("original_prompt", sort=False)["wen_score_before"].first().to_numpy()
+    assert cal["n_prompts"] == 2 and cal["target"] == pytest.approx(float(np.quantile(heads, 0.5)), rel=1e-6)
+    assert crecord["mitigation"]["wen_target_loss"] == cal["target"]
+    assert ((ctable["wen_iterations"] > 0) == (ctable["wen_score_before"] > cal["target"])).all()
+    assert (ctable["wen_iterations"] > 0).any() and (ctable["wen_iterations"] == 0).any()
+    assert record["mitigation"]["wen_target_calibration"] is None  # other mitigations: nothing calibrated
     assert set(table["original_prompt"]) <= {"a castle on a hill", "a dog on a sofa"}
     assert record["fallbacks"] and "no vocabulary" in caplog.text  # rt words come from the prompts, said loudly
     with pytest.raises(ValueError, match="needs generate.model"):

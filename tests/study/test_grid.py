@@ -211,3 +211,6 @@ def test_the_mitigations_grid_expands_every_inference_mitigation_from_one_model_
     for f in wen:
         FinetuneParams.from_params(f)  # the training-time wen cell validates (one threshold rule, steps to mitigate)
     assert {merged[c.name]["finetune"]["mitigation"] for c in cells if c.kind == "train"} == {"none", "wen"}
+    quantiles = {m["generate"]["strengths"]["wen_target_quantile"] for m in merged.values()
+                 if m["generate"]["mitigation"] == "wen"}
+    assert quantiles == {None, 0.5}  # Wen's fixed target, and the run's median

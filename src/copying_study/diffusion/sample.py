@@ -152,7 +152,8 @@ class MitigationSettings:
     ``rt``/``cwr``/``rna``; ``rc_words``: length of an ``rc`` random caption; ``rna_high``: ``rna`` draws integers in
     ``[0, rna_high]``; ``gn_lambda``: scale of the Gaussian noise of ``gn``; ``gn_uncond``: also noise the
     unconditional embedding. ``wen_lr``, ``wen_max_iters``, ``wen_target_loss``: Wen et al.'s embedding
-    optimisation; ``delayed_transition``: ``delayed`` uses guidance 0 at timesteps above it; ``opposite_scale``
+    optimisation (``wen_target_quantile``: the target is that quantile of the run's prompt-level scores instead,
+    :func:`copying_study.diffusion.guard.calibrate_wen_target`); ``delayed_transition``: ``delayed`` uses guidance 0 at timesteps above it; ``opposite_scale``
     and ``opposite_transition``: ``opposite`` uses that (negative) scale at timesteps above its transition.
     """
 
@@ -166,6 +167,7 @@ class MitigationSettings:
     wen_lr: float = 0.05
     wen_max_iters: int = 10
     wen_target_loss: float = 3.0
+    wen_target_quantile: float | None = None
     delayed_transition: int = 500
     opposite_scale: float = -2.0
     opposite_transition: int = 650
@@ -183,6 +185,8 @@ class MitigationSettings:
             raise ValueError("mitigation n and rc_words must be >= 1 and rna_high >= 0")
         if self.gn_lambda < 0:
             raise ValueError(f"mitigation gn_lambda must be >= 0, got {self.gn_lambda}")
+        if self.wen_target_quantile is not None and not 0.0 < self.wen_target_quantile < 1.0:
+            raise ValueError(f"mitigation wen_target_quantile must be in (0, 1), got {self.wen_target_quantile}")
 
 
 @dataclass(frozen=True)

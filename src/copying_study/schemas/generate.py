@@ -24,6 +24,7 @@ class StrengthParams(Params):
     wen_lr: Annotated[float, Field(gt=0.0)]
     wen_max_iters: Annotated[int, Field(ge=0)]
     wen_target_loss: Annotated[float, Field(ge=0.0)]
+    wen_target_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] | None
     delayed_transition: Annotated[int, Field(ge=0, le=1000)]
     opposite_scale: Annotated[float, Field(le=0.0)]
     opposite_transition: Annotated[int, Field(ge=0, le=1000)]

@@ -15,7 +15,13 @@ from matplotlib.figure import Figure
 
 from copying_study.data.captions import vocabulary
 from copying_study.descriptors import descriptor_from_meta
-from copying_study.diffusion.guard import CopyIndex, GuardSettings, generate_guarded, guard_metrics
+from copying_study.diffusion.guard import (
+    CopyIndex,
+    GuardSettings,
+    calibrate_wen_target,
+    generate_guarded,
+    guard_metrics,
+)
 from copying_study.diffusion.models import describe_pipeline, load_pipeline
 from copying_study.diffusion.sample import (
     MitigationSettings,
@@ -148,6 +154,11 @@ def generate_images(
     # settings of wen / delayed / opposite that the plan table does not hold)
     requests = [mitigate(r.original_prompt, int(r.seed), p["strengths"], vocab) for r in plan.itertuples(index=False)]
     start = time.perf_counter()
+    p["strengths"], wen_target = calibrate_wen_target(sampler, plan["original_prompt"].tolist(), requests,
+                                                      p["strengths"])
+    if wen_target is not None:  # the same requests with the calibrated target
+        requests = [mitigate(r.original_prompt, int(r.seed), p["strengths"], vocab)
+                    for r in plan.itertuples(index=False)]
     gens = generate_guarded(
         sampler, plan["original_prompt"].tolist(), requests, p["strengths"].name,
         guard=guard, index=index, strengths=p["strengths"], vocab=vocab,
@@ -199,7 +210,7 @@ def generate_images(
         "sampler": info,
         "prompts": {"source": p["prompts"], "file": p["prompts_file"], "n_images": p["n_images"],
                     "images_per_prompt": p["images_per_prompt"]},
-        "mitigation": asdict(p["strengths"]),
+        "mitigation": {**asdict(p["strengths"]), "wen_target_calibration": wen_target},
         "copy_guard": {**asdict(guard), "threshold_source": p["guard_threshold_source"],
                        "descriptor": descriptor_meta},
         "fallbacks": fallbacks,
