@@ -230,20 +230,21 @@ def prompt_level_scores(sampler: BatchSampler, originals: Sequence[str], request
 
 
 def calibrate_wen_target(sampler: BatchSampler, originals: Sequence[str], requests: Sequence[ImageRequest],
-                         strengths: MitigationSettings) -> tuple[MitigationSettings, dict[str, Any] | None]:
+                         strengths: MitigationSettings
+                         ) -> tuple[MitigationSettings, list[ImageRequest], dict[str, Any] | None]:
     """``wen`` with ``wen_target_quantile``: the optimisation's target on the model's own scale, the quantile of the
     run's prompt-level scores (:func:`prompt_level_scores`, one per distinct prompt, before any sampling; numpy's
-    linear rule). Returns the strengths with that ``wen_target_loss`` and what was measured (``None``: nothing to
-    calibrate, the strengths unchanged)."""
+    linear rule). Returns the strengths and the requests with that target, and what was measured (``None``: nothing
+    to calibrate, strengths and requests unchanged)."""
     if strengths.name != "wen" or strengths.wen_target_quantile is None:
-        return strengths, None
-    scores = prompt_level_scores(sampler, originals, requests)
-    first_of = {o: s for o, s in zip(originals, scores, strict=True)}  # one score per distinct prompt
-    values = np.asarray(list(first_of.values()), dtype=np.float64)
+        return strengths, list(requests), None
+    scores = prompt_level_scores(sampler, originals, requests)  # per request: its prompt's score
+    values = np.asarray(list(dict(zip(originals, scores, strict=True)).values()), dtype=np.float64)
     target = float(np.quantile(values, strengths.wen_target_quantile))
     logger.info("wen: target %.6g, the %.3g quantile of %d prompts' first-step scores", target,
                 strengths.wen_target_quantile, values.size)
-    return replace(strengths, wen_target_loss=target), {
+    calibrated = [replace(r, wen=replace(r.wen, target_loss=target)) if r.wen is not None else r for r in requests]
+    return replace(strengths, wen_target_loss=target), calibrated, {
         "quantile": strengths.wen_target_quantile, "target": target, "n_prompts": int(values.size),
         "prompt_scores_min": float(values.min()), "prompt_scores_median": float(np.median(values)),
         "prompt_scores_max": float(values.max())}

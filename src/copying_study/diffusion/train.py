@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from copying_study.data import captions as cap
-from copying_study.diffusion.detection import loss_mask
+from copying_study.diffusion.detection import epsilon_factor, loss_mask, text_conditional_norm
 from copying_study.diffusion.models import (
     add_embedding_noise,
     describe_pipeline,
@@ -376,8 +376,6 @@ def _wen_scores(pipe, text_encoder, unet_fwd, noisy: torch.Tensor, timesteps: to
     """Wen et al.'s training-time mitigation: each sample's detection score (the L2 norm of its text-conditional
     noise prediction, ``copying_study.diffusion.detection``, one extra UNet call without gradients on the empty
     caption); a sample scoring above the threshold is left out of the loss (``detection.loss_mask``)."""
-    from copying_study.diffusion.detection import epsilon_factor, text_conditional_norm
-
     with torch.no_grad():
         empty = encode_prompts(pipe, [""], device, text_encoder).expand_as(emb)
         uncond = unet_fwd(noisy, timesteps, encoder_hidden_states=empty, return_dict=False)[0]
@@ -621,7 +619,8 @@ def train(
 
         done = step + 1
         logging_now = done % s.log_every == 0 or done == s.steps
-        checkpoint_now = is_main and s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps
+        checkpoint_step = bool(s.checkpoint_every) and done % s.checkpoint_every == 0 and done < s.steps
+        checkpoint_now = is_main and checkpoint_step
         if logging_now or checkpoint_now:
             step_losses.extend(torch.stack(pending).float().cpu().tolist())
             pending.clear()
@@ -638,8 +637,7 @@ def train(
         if is_main and s.sample_every and (done % s.sample_every == 0 or done == s.steps):
             sample_grids[done] = sample_grid(pipe, table, plan, grid_rows, s, seed, device, amp)
         wen_so_far = ((_wen_total(wen_left_out, accelerator), _wen_total(wen_left_out_dup, accelerator))
-                      if s.mitigation == "wen" and s.checkpoint_every and done % s.checkpoint_every == 0
-                      and done < s.steps else (None, None))  # every process takes part in the reductions
+                      if s.mitigation == "wen" and checkpoint_step else (None, None))  # every process reduces
         if checkpoint_now:
             save_checkpoint(ckpt_dir, done, {
                 "fingerprint": fp, "step": done, "unet": _unwrap(unet_fwd).state_dict(),

@@ -154,11 +154,8 @@ def generate_images(
     # settings of wen / delayed / opposite that the plan table does not hold)
     requests = [mitigate(r.original_prompt, int(r.seed), p["strengths"], vocab) for r in plan.itertuples(index=False)]
     start = time.perf_counter()
-    p["strengths"], wen_target = calibrate_wen_target(sampler, plan["original_prompt"].tolist(), requests,
-                                                      p["strengths"])
-    if wen_target is not None:  # the same requests with the calibrated target
-        requests = [mitigate(r.original_prompt, int(r.seed), p["strengths"], vocab)
-                    for r in plan.itertuples(index=False)]
+    p["strengths"], requests, wen_target = calibrate_wen_target(sampler, plan["original_prompt"].tolist(), requests,
+                                                                p["strengths"])
     gens = generate_guarded(
         sampler, plan["original_prompt"].tolist(), requests, p["strengths"].name,
         guard=guard, index=index, strengths=p["strengths"], vocab=vocab,
