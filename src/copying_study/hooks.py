@@ -176,6 +176,7 @@ class MlflowTrackingHooks:
                 "env": run_params.get("env"),
                 "pipeline_names": pipelines,
                 "runtime_params": run_params.get("runtime_params") or {},
+                "runner": run_params.get("runner"),
                 "git": git,
                 "project_path": str(project_path),
             }
@@ -296,6 +297,61 @@ class MlflowTrackingHooks:
         finally:
             mlflow.end_run(status=status)
             self._active = False
+
+    # -- distributed runs (copying_study.runner.DaskRunner) ----------------------------------------------
+    #: what a worker's record of one group brings back to the driver's record
+    REMOTE_KEYS = ("datasets_loaded", "datasets_saved", "artifacts", "weights", "measurement", "failed_node")
+
+    def remote_state(self) -> dict[str, Any]:
+        """On the driver: what a worker needs to log into this run's MLflow run (nothing when tracking is off)."""
+        if not self._active:
+            return {}
+        import mlflow
+
+        return {"mlflow_run_id": self.record.get("mlflow_run_id"), "tracking_uri": mlflow.get_tracking_uri()}
+
+    def start_remote(self, catalog, state: dict[str, Any] | None, group: str) -> None:
+        """On a worker, before a group's first node: record into a fresh record, log into the run's MLflow run
+        (resumed in this process; the study's cells open their child runs under it, as in a sequential run)."""
+        self._catalog = catalog
+        self.record = {"datasets_loaded": {}, "datasets_saved": {}, "artifacts": []}
+        self._active = False
+        if state and state.get("mlflow_run_id"):
+            import mlflow
+
+            mlflow.set_tracking_uri(state["tracking_uri"])
+            mlflow.start_run(run_id=state["mlflow_run_id"])
+            self._active = True
+
+    def finish_remote(self, failed: bool) -> dict[str, Any]:
+        """On a worker, after a group: leave the MLflow run open for the driver to end, return the group's record."""
+        if self._active:
+            import mlflow
+
+            mlflow.end_run(status="RUNNING")  # this process lets go of the run; the driver ends it
+            self._active = False
+        record, self.record, self._catalog = self.record, {}, None
+        return {key: record[key] for key in self.REMOTE_KEYS if key in record}
+
+    def merge_remote(self, group: str, record: dict[str, Any]) -> None:
+        """On the driver: a finished group's record joins the run's (and so the run manifest)."""
+        for name, version in (record.get("datasets_loaded") or {}).items():
+            self.record.setdefault("datasets_loaded", {}).setdefault(name, version)
+        self.record.setdefault("datasets_saved", {}).update(record.get("datasets_saved") or {})
+        self.record.setdefault("artifacts", []).extend(record.get("artifacts") or [])
+        if record.get("weights"):
+            self.record.setdefault("weights", {}).update(record["weights"])
+        measurement = record.get("measurement") or {}
+        if measurement:
+            mine = self.record.setdefault("measurement", {})
+            if "descriptor_calibration" in measurement:
+                mine["descriptor_calibration"] = measurement["descriptor_calibration"]
+            if "controls" in measurement:
+                mine.setdefault("controls", {}).update(measurement["controls"])
+
+    def remote_failed(self, groups: list[str]) -> None:
+        """On the driver: the groups that failed for good, for the run manifest."""
+        self.record["failed_groups"] = list(groups)
 
     # -- datasets ---------------------------------------------------------------------------------------
     def _dataset(self, name: str):

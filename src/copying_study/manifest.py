@@ -107,5 +107,7 @@ def build_manifest(record: dict[str, Any]) -> dict[str, Any]:
         "status": "failed" if record.get("error") else "finished",
         "error": record.get("error"),
         "failed_node": record.get("failed_node"),
+        "runner": record.get("runner"),
+        "failed_groups": record.get("failed_groups"),
     }
     return json.loads(json.dumps(manifest, default=str))  # plain JSON types only
