@@ -106,14 +106,15 @@ def kedro_project(tmp_path, monkeypatch) -> Path:
 
 
 def run_kedro(project: Path, pipelines: list[str], params: dict | None = None, env: str = "base",
-              load_versions: dict | None = None):
-    """Run pipelines through a KedroSession in ``project``; returns the session's run outputs."""
+              load_versions: dict | None = None, runner=None):
+    """Run pipelines through a KedroSession in ``project`` (with ``runner``, default Kedro's sequential one);
+    returns the session's run outputs."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
-        return session.run(pipeline_names=pipelines, load_versions=load_versions or {})
+        return session.run(pipeline_names=pipelines, load_versions=load_versions or {}, runner=runner)
 
 
 def save_datasets(project: Path, datasets: dict) -> None:

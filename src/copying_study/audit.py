@@ -32,6 +32,10 @@ VOLATILE = re.compile(r"(seconds|_per_s$|per_second|duration|elapsed|timestamp|w
                       r"mlflow|version|path|^folder$|created|date|host|^resume$|resumed_from|^built_now$|^system/)", re.IGNORECASE)
 
 
+#: an MLflow run id (32 hex digits), which a study report or a cell's row names
+MLFLOW_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
 @dataclass
 class Check:
     item: str
@@ -173,7 +177,32 @@ def compare_paths(a: Path, b: Path, tol: float, versions: tuple[str, str] | None
         return [k for k in x if k not in y or not np.allclose(x[k], y[k], atol=tol)]
     if suffix == ".png":
         return compare_images(a.read_bytes(), b.read_bytes(), tol)
+    if suffix == ".pkl":  # a pickled hand-off (a study cell's row and copies): compared as values
+        import pickle
+
+        import pandas as pd
+
+        x, y = pickle.loads(a.read_bytes()), pickle.loads(b.read_bytes())  # the project's own outputs
+        if isinstance(x, pd.DataFrame) and isinstance(y, pd.DataFrame):
+            return compare_frames(x, y, tol, versions)
+        return compare_json(_plain_deep(x), _plain_deep(y), tol, "", versions)
+    if suffix in (".html", ".txt", ".md", ".csv"):  # text naming its run: equal once the run's ids are masked
+        x, y = (MLFLOW_ID.sub("<mlflow-run>", p.read_text()) for p in (a, b))
+        return [] if same_up_to_versions(x, y, versions) else ["text differs"]
     return [] if a.read_bytes() == b.read_bytes() else ["bytes differ"]
+
+
+def _plain_deep(v: Any) -> Any:
+    """A pickled value as JSON-like values for :func:`compare_json` (frames as lists of records)."""
+    import pandas as pd
+
+    if isinstance(v, dict):
+        return {k: _plain_deep(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain_deep(x) for x in v]
+    if isinstance(v, pd.DataFrame):
+        return [_plain_deep(r) for r in v.to_dict("records")]
+    return _plain(v)
 
 
 # --------------------------------------------------------------------------------------------- the audit
@@ -279,11 +308,21 @@ def run_audit(run_id: str, project: Path, go_on: bool = False, tolerance: float 
         params["finetune"]["resume_from"] = None
         print("audit: finetune.resume_from set to null: training is redone from the base model", file=out)
     load_versions = {k: v for k, v in inputs.items() if f"{k}@{v}" not in missing}
-    with KedroSession.create(project_path=project, env=manifest.get("env"), runtime_params=params) as session:
-        session.run(pipeline_names=manifest.get("pipeline_names"), load_versions=load_versions)
-        from copying_study.settings import HOOKS
+    # CPU results depend on torch's and BLAS's thread counts (float sums split differently): re-run at the recorded
+    # ones (a distributed run records its workers' counts, 1 under Dask's nanny)
+    from copying_study.utils.threads import current_threads, limit_threads
 
-        new_record = HOOKS[0].record  # (the probe's catalog above resolves any version's path)
+    device, now = manifest.get("device") or {}, current_threads()
+    recorded = {lib: device.get(f"{lib}_threads") for lib in ("torch", "blas")}
+    recorded = {lib: n for lib, n in recorded.items() if isinstance(n, int) and n != now.get(lib)}
+    for lib, n in recorded.items():
+        print(f"audit: {lib} threads set to the recorded run's {n} (this process has {now.get(lib)})", file=out)
+    with limit_threads(recorded.get("torch"), recorded.get("blas")):
+        with KedroSession.create(project_path=project, env=manifest.get("env"), runtime_params=params) as session:
+            session.run(pipeline_names=manifest.get("pipeline_names"), load_versions=load_versions)
+            from copying_study.settings import HOOKS
+
+            new_record = HOOKS[0].record  # (the probe's catalog above resolves any version's path)
 
     checks: list[Check] = []
     new_saved = new_record.get("datasets_saved") or {}

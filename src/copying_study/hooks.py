@@ -27,6 +27,7 @@ from kedro.framework.hooks import hook_impl
 
 from copying_study.manifest import build_manifest, folder_checksum
 from copying_study.run_versions import pin_run_versions
+from copying_study.utils.threads import current_threads
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def system_metrics_wanted(pipeline: Any) -> bool:
     return any(n.name.split(".")[-1] == "finetune_model" for n in pipeline.nodes)
 MANIFEST_DATASET = "run_manifest"
 RUN_ID_DATASET = "kedro_run_id"
+RUN_INFO_DATASET = "run_info"  # the run's identifiers for nodes that print them (the study report)
 
 
 def git_state(path: Path) -> dict[str, Any]:
@@ -153,6 +155,7 @@ class MlflowTrackingHooks:
     def after_catalog_created(self, catalog, conf_catalog, conf_creds, parameters, save_version, load_versions):
         self._catalog = catalog
         catalog[RUN_ID_DATASET] = save_version  # the run id, for nodes whose files belong to one run (checkpoints)
+        catalog[RUN_INFO_DATASET] = {"kedro run id": save_version}  # completed in before_pipeline_run
         self.record = {
             "save_version": save_version,
             "load_versions_requested": dict(load_versions or {}),
@@ -186,6 +189,7 @@ class MlflowTrackingHooks:
                                                           run_params.get("load_versions"))
         if os.environ.get("COPYING_STUDY_MLFLOW", "1").lower() in ("0", "false", "off", "no"):
             logger.info("MLflow tracking is off (COPYING_STUDY_MLFLOW=0)")
+            catalog.save(RUN_INFO_DATASET, self._run_info())
             return
         import mlflow
 
@@ -204,6 +208,7 @@ class MlflowTrackingHooks:
             mlflow.start_run(run_name=f"{'+'.join(pipelines)}:{run_params['run_id']}", log_system_metrics=system)
         self._active = True
         self.record["mlflow_run_id"] = mlflow.active_run().info.run_id
+        catalog.save(RUN_INFO_DATASET, self._run_info())
         tags = {
             "kedro.run_id": run_params["run_id"],
             "kedro.env": str(run_params.get("env")),
@@ -229,6 +234,14 @@ class MlflowTrackingHooks:
                 flat.update(flatten(params[key], key))
         mlflow.log_params({key[:250]: (json.dumps(value, default=str) if not isinstance(value, str) else value)[:6000]
                            for key, value in flat.items()})  # one batched call (MLflow splits it at its limits)
+
+    def _run_info(self) -> dict[str, Any]:
+        """The run's identifiers (Kedro run id, environment, git commit and dirty flag, MLflow run id)."""
+        git = self.record.get("git") or {}
+        info = {"kedro run id": self.record.get("run_id"), "kedro env": self.record.get("env"),
+                "git commit": git.get("commit"), "git dirty": git.get("dirty"),
+                "mlflow run id": self.record.get("mlflow_run_id")}
+        return {k: v for k, v in info.items() if v is not None}
 
     @hook_impl
     def after_pipeline_run(self, run_params, run_result, pipeline, catalog):
@@ -300,7 +313,8 @@ class MlflowTrackingHooks:
 
     # -- distributed runs (copying_study.runner.DaskRunner) ----------------------------------------------
     #: what a worker's record of one group brings back to the driver's record
-    REMOTE_KEYS = ("datasets_loaded", "datasets_saved", "artifacts", "weights", "measurement", "failed_node")
+    REMOTE_KEYS = ("datasets_loaded", "datasets_saved", "artifacts", "weights", "measurement", "failed_node",
+                   "threads")
 
     def remote_state(self) -> dict[str, Any]:
         """On the driver: what a worker needs to log into this run's MLflow run (nothing when tracking is off)."""
@@ -331,6 +345,7 @@ class MlflowTrackingHooks:
             mlflow.end_run(status="RUNNING")  # this process lets go of the run; the driver ends it
             self._active = False
         record, self.record, self._catalog = self.record, {}, None
+        record["threads"] = current_threads()  # what the group's float sums were split over (utils/threads.py)
         return {key: record[key] for key in self.REMOTE_KEYS if key in record}
 
     def merge_remote(self, group: str, record: dict[str, Any]) -> None:
@@ -341,6 +356,10 @@ class MlflowTrackingHooks:
         self.record.setdefault("artifacts", []).extend(record.get("artifacts") or [])
         if record.get("weights"):
             self.record.setdefault("weights", {}).update(record["weights"])
+        if record.get("threads"):
+            threads = self.record.setdefault("threads", [])
+            if record["threads"] not in threads:
+                threads.append(record["threads"])
         measurement = record.get("measurement") or {}
         if measurement:
             mine = self.record.setdefault("measurement", {})

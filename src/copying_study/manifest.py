@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from copying_study.utils.threads import current_threads
+
 MANIFEST_FORMAT = 1
 PACKAGES = (
     "copying_study", "kedro", "kedro-datasets", "mlflow", "torch", "diffusers", "transformers", "accelerate",
@@ -43,9 +45,10 @@ def device_info() -> dict[str, Any]:
         if torch.cuda.is_available():
             info["cuda_device"] = torch.cuda.get_device_name(0)
             info["cuda_version"] = torch.version.cuda
-        info["torch_threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover
         pass
+    threads = current_threads()
+    info.update({f"{lib}_threads": n for lib, n in threads.items()})
     return info
 
 
@@ -84,6 +87,19 @@ def folder_checksum(path: Path) -> dict[str, Any]:
     return {"sha256": total.hexdigest(), "files": files}
 
 
+def compute_threads(record: dict[str, Any]) -> dict[str, Any]:
+    """``torch_threads`` / ``blas_threads`` the nodes computed with when they ran in other processes (a
+    distributed run: the workers' counts, a list where workers differed); empty for a run in this process
+    (``device_info`` has its counts)."""
+    seen = record.get("threads") or []
+    out: dict[str, Any] = {}
+    for lib in ("torch", "blas"):
+        counts = sorted({t[lib] for t in seen if lib in t})
+        if counts:
+            out[f"{lib}_threads"] = counts[0] if len(counts) == 1 else counts
+    return out
+
+
 def build_manifest(record: dict[str, Any]) -> dict[str, Any]:
     params = record.get("parameters") or {}
     manifest = {
@@ -103,7 +119,7 @@ def build_manifest(record: dict[str, Any]) -> dict[str, Any]:
         "weights": record.get("weights") or {},
         "measurement": record.get("measurement") or {},
         "packages": package_versions(),
-        "device": device_info(),
+        "device": {**device_info(), **compute_threads(record)},
         "status": "failed" if record.get("error") else "finished",
         "error": record.get("error"),
         "failed_node": record.get("failed_node"),

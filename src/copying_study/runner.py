@@ -48,6 +48,8 @@ from kedro.io import AbstractVersionedDataset, DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner, Task
 
+from copying_study.utils.threads import limit_threads
+
 logger = logging.getLogger(__name__)
 
 GPU_TAG = "gpu"
@@ -233,14 +235,21 @@ def _hook_manager(settings: Any) -> Any:
 
 
 def _run_group(name: str, nodes: list, catalog: Any, run_id: str, context: dict[str, Any]) -> dict[str, Any]:
-    import traceback
-
     from kedro.framework.project import settings
 
     removed = remove_saved(catalog, {o for n in nodes for o in n.outputs})
     if removed:
         logging.getLogger(__name__).warning("group %s: removed %d file(s) an earlier attempt saved under this run's "
                                             "version: %s", name, len(removed), removed)
+    threads = context.get("threads")
+    with limit_threads(threads, threads):
+        return _run_nodes(name, nodes, catalog, run_id, context, settings)
+
+
+def _run_nodes(name: str, nodes: list, catalog: Any, run_id: str, context: dict[str, Any], settings: Any
+               ) -> dict[str, Any]:
+    import traceback
+
     remotes = [(i, hook) for i, hook in enumerate(settings.HOOKS) if hasattr(hook, "start_remote")]
     for i, hook in remotes:
         hook.start_remote(catalog, (context.get("hook_states") or {}).get(i), name)
@@ -311,12 +320,15 @@ class DaskRunner(AbstractRunner):
         timeout: seconds to wait for the scheduler (default 10).
         gpu_resources: ``auto`` (ask for a GPU for ``gpu``-tagged groups when some worker declares the ``GPU``
             resource), ``true`` (always ask), ``false`` (never).
+        threads: torch's intra-op and the BLAS threads in each group (default: the worker's, 1 under Dask's
+            nanny). CPU results depend on them (float sums split differently), so a run's bytes equal a sequential
+            run's at the same counts; the run manifest records them and ``copying-study audit`` re-runs with them.
         is_async: accepted for Kedro's ``--async``; groups load and save synchronously.
     """
 
     def __init__(self, address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
                  retries: int = 1, timeout: float = 10, gpu_resources: str | bool = "auto",
-                 is_async: bool = False):
+                 threads: int | None = None, is_async: bool = False):
         super().__init__(is_async=False)
         if is_async:
             logger.info("DaskRunner: --async is ignored (each group loads and saves in its own worker)")
@@ -330,6 +342,9 @@ class DaskRunner(AbstractRunner):
         gpu = str(gpu_resources).lower()
         if gpu not in ("auto", "true", "false"):
             raise ValueError(f"DaskRunner: gpu_resources={gpu_resources!r}: use auto, true or false")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"DaskRunner: threads={threads!r} must be at least 1")
+        self.threads = int(threads) if threads is not None else None
         self.n_workers = n_workers
         self.threads_per_worker = int(threads_per_worker)
         self.retries = int(retries)
@@ -371,6 +386,7 @@ class DaskRunner(AbstractRunner):
         check_handoffs(groups, catalog)
         context = self._context(hook_manager, groups)
         context["returned_outputs"] = self._returned_outputs(pipeline, groups, catalog)
+        context["threads"] = self.threads
         shipped = worker_catalog(pipeline, catalog)
         started = time.perf_counter()
         client, cluster = _connect(self.address, self.n_workers, self.threads_per_worker, self.timeout)

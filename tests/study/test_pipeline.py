@@ -54,13 +54,13 @@ def test_pipeline_shape_reads_the_grid_from_the_project_conf(study_project):
 
     pipe = create_pipeline()
     namespaces = {n.namespace for n in pipe.nodes if n.namespace}
-    assert namespaces == {"full_ddf5__s3", "full_ddf5_rt__s3"}
+    assert namespaces == {"ingest", "dedup_clusters", "full_ddf5__s3", "full_ddf5_rt__s3"}
     assert {"study_results", "study_report", "study_metrics"} <= pipe.outputs()
     rt_generate = [n for n in pipe.nodes if n.name == "full_ddf5_rt__s3.generate_images"][0]
     assert "full_ddf5__s3.finetuned_model" in rt_generate.inputs  # the inference cell samples the train cell's model
     assert not any(n.name.startswith("full_ddf5_rt__s3.finetune") for n in pipe.nodes)
     assert {"params:full_ddf5__s3.finetune", "params:device", "params:study"} <= pipe.inputs()
-    assert sum(n.name == "ingest_training_set" for n in pipe.nodes) == 1  # data stages once
+    assert sum(n.name == "ingest.ingest_training_set" for n in pipe.nodes) == 1  # data stages once
 
 
 @pytest.mark.slow
@@ -141,9 +141,10 @@ def test_env_alone_builds_that_envs_grid(study_project, monkeypatch):
     (study_project / "conf" / "alt" / "parameters_study.yml").write_text(yaml.safe_dump(ALT_GRID))
     bootstrap_project(study_project)
     with KedroSession.create(project_path=study_project, env="alt") as session:
-        session.run(pipeline_names=["study"], node_names=["ingest_training_set"])  # one cheap node is enough
+        session.run(pipeline_names=["study"], node_names=["ingest.ingest_training_set"])  # one cheap node is enough
     pipe = pipelines["study"]
-    assert {n.namespace for n in pipe.nodes if n.namespace} == {"other_ddf3__s5", "other_rt__s5"}
+    assert {n.namespace for n in pipe.nodes if n.namespace} == {"ingest", "dedup_clusters", "other_ddf3__s5",
+                                                                  "other_rt__s5"}
     rt_generate = [n for n in pipe.nodes if n.name == "other_rt__s5.generate_images"][0]
     assert "other_ddf3__s5.finetuned_model" in rt_generate.inputs
 

@@ -84,28 +84,14 @@ def collect_cell(
     return {"row": row, "top_copies": copies, "generations": values}
 
 
-def run_info() -> dict[str, Any]:
-    """The run's identifiers from the project's tracking hook (empty when it is not registered)."""
-    from copying_study import settings
-
-    for hook in settings.HOOKS:
-        record = getattr(hook, "record", None)
-        if isinstance(record, dict) and record.get("run_id"):
-            git = record.get("git") or {}
-            info = {"kedro run id": record.get("run_id"), "kedro env": record.get("env"),
-                    "git commit": git.get("commit"), "git dirty": git.get("dirty"),
-                    "mlflow run id": record.get("mlflow_run_id")}
-            return {k: v for k, v in info.items() if v is not None}
-    return {}
-
-
-def collect_study(study: dict[str, Any], **cells: dict[str, Any]
+def collect_study(study: dict[str, Any], run_info: Mapping[str, Any], **cells: dict[str, Any]
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str, dict[str, float]]:
     """``study_results`` (one row per cell and seed, with the cell's intervals), ``study_comparisons`` (the paper's
     stated differences, paired by seed), ``study_generations`` (every generation's top-1 and copy flag),
     ``study_report`` (HTML) and ``study_metrics``.
 
-    ``cells`` maps each cell namespace to its ``collect_cell`` output.
+    ``run_info`` is the run's identifiers (the tracking hook's ``run_info`` dataset); ``cells`` maps each cell
+    namespace to its ``collect_cell`` output.
     """
     grid = StudyParams.from_params(study)
     if not cells:
@@ -122,5 +108,5 @@ def collect_study(study: dict[str, Any], **cells: dict[str, Any]
         if row["cell"] not in shown:  # the first seed of each cell
             shown.add(row["cell"])
             galleries[f"{row['cell']} (seed {row['seed']})"] = cells[ns]["top_copies"]
-    report = render_report(results, comparisons, galleries, run_info())
+    report = render_report(results, comparisons, galleries, dict(run_info or {}))
     return results, comparisons, gens, report, seed_summary(results, comparisons)

@@ -90,10 +90,14 @@ def cell_pipeline(cell: Cell) -> Pipeline:
 
 def study_pipeline(cells: list[Cell]) -> Pipeline:
     """Data stages once, every cell, then ``collect_study``."""
-    collect = Node(collect_study, inputs={"study": "params:study", **{c.namespace: cell_output(c) for c in cells}},
+    collect = Node(collect_study, inputs={"study": "params:study", "run_info": "run_info",
+                                          **{c.namespace: cell_output(c) for c in cells}},
                    outputs=["study_results", "study_comparisons", "study_generations", "study_report", "study_metrics"],
                    name="collect_study")
-    data = ingest_pipeline() + dedup_pipeline()
+    # the data stages in their namespaces, as in the registry: kedro-viz groups them, and DaskRunner runs each as one
+    # task (ingest hands ``ingested_set`` to its captioning node in memory)
+    data = (Pipeline(ingest_pipeline(), namespace="ingest", prefix_datasets_with_namespace=False)
+            + Pipeline(dedup_pipeline(), namespace="dedup_clusters", prefix_datasets_with_namespace=False))
     return sum((cell_pipeline(c) for c in cells), data) + Pipeline([collect])
 
 
