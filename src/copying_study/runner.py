@@ -102,6 +102,11 @@ def plan_groups(pipeline: Pipeline) -> list[Group]:
     return done
 
 
+def resources_for(group: Group, ask_gpu: bool) -> dict[str, int] | None:
+    """The Dask resources a group's task asks for: one GPU when it holds a ``gpu``-tagged node and the run asks."""
+    return {GPU_RESOURCE: 1} if (group.gpu and ask_gpu) else None
+
+
 def _ephemeral(catalog: Any, name: str) -> bool:
     """Whether ``name`` lives only in the memory of the process that made it."""
     if name not in catalog:
@@ -290,8 +295,26 @@ def _worker_address() -> str | None:
 
 # -- the driver side ---------------------------------------------------------------------------------------------
 
+def _quiet_distributed() -> None:
+    """Keep the ``distributed`` loggers at the level the project's logging declares (conf/logging.yml: WARNING;
+    default WARNING): importing ``distributed`` sets them to INFO, and a local cluster's worker processes read the
+    level from Dask's configuration (``DASK_LOGGING__DISTRIBUTED``)."""
+    from kedro.framework.project import LOGGING
+
+    declared = ((LOGGING or {}).get("loggers") or {}).get("distributed") or {}
+    level = str(declared.get("level") or "WARNING").upper()
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", str(level).lower())
+    import dask
+
+    dask.config.set({"logging.distributed": str(level).lower()})
+    import distributed  # noqa: F401 - initialises its logging, then the project's level is put back
+
+    logging.getLogger("distributed").setLevel(level)
+
+
 def _connect(address: str | None, n_workers: int | None, threads_per_worker: int, timeout: float):
     """A client of the scheduler at ``address``, or of a new ``LocalCluster``. Returns ``(client, cluster)``."""
+    _quiet_distributed()
     from distributed import Client, LocalCluster
 
     if address:
@@ -397,7 +420,7 @@ class DaskRunner(AbstractRunner):
             if any(g.gpu for g in groups) and not ask_gpu:
                 logger.info("DaskRunner: no worker declares a %s resource; groups with gpu-tagged nodes run on any "
                             "worker", GPU_RESOURCE)
-            logger.info("DaskRunner: %d groups on %s (%d workers)", len(groups), self.address or "a local cluster",
+            logger.info("DaskRunner: %d group(s) on %s (%d workers)", len(groups), self.address or "a local cluster",
                         len(workers))
             futures: dict[str, Any] = {}
             for g in groups:
@@ -405,7 +428,7 @@ class DaskRunner(AbstractRunner):
                     run_group, g.name, g.nodes, shipped, run_id, context,
                     *(futures[d] for d in g.dependencies),
                     key=f"group-{g.name}-{run_id}", pure=False, retries=self.retries,
-                    resources={GPU_RESOURCE: 1} if (g.gpu and ask_gpu) else None)
+                    resources=resources_for(g, ask_gpu))
             self._follow(client, futures, groups, catalog)
             wait(list(futures.values()))
             failed = {name: f for name, f in futures.items() if f.status != "finished"}

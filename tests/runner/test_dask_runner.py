@@ -15,7 +15,14 @@ from kedro.pipeline import Node, Pipeline
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
-from copying_study.runner import DaskRunError, DaskRunner, check_handoffs, plan_groups, unsaved_handoffs
+from copying_study.runner import (
+    DaskRunError,
+    DaskRunner,
+    check_handoffs,
+    plan_groups,
+    resources_for,
+    unsaved_handoffs,
+)
 from tests.conftest import REPO
 from tests.runner import nodes
 
@@ -74,6 +81,22 @@ def test_groups_are_top_level_namespaces_in_dependency_order():
     assert [n.name for n in a.nodes] == ["a.double", "a.total"]  # in order, on one worker
     assert a.outputs == {"a.doubled", "a.sum"}
     assert sorted(a.dependencies) == ["make"]
+
+
+def test_a_group_with_a_gpu_tagged_node_asks_for_a_gpu():
+    p = pipeline({"train": [Node(nodes.double, "table", "model", name="fit", tags=["gpu"]),
+                            Node(nodes.total, "model", "report", name="report")],
+                  "plot": [Node(nodes.total, "table", "figure", name="plot")]})
+    groups = {g.name: g for g in plan_groups(p)}
+    assert groups["train"].gpu and not groups["plot"].gpu
+    assert resources_for(groups["train"], ask_gpu=True) == {"GPU": 1}
+    assert resources_for(groups["train"], ask_gpu=False) is None  # no worker declares a GPU: run anywhere
+    assert resources_for(groups["plot"], ask_gpu=True) is None
+    from copying_study.pipelines.finetune.pipeline import create_pipeline as finetune
+    from copying_study.pipelines.generate.pipeline import create_pipeline as generate
+
+    tagged = {n.name for n in (finetune() + generate()).nodes if "gpu" in n.tags}
+    assert tagged == {"finetune_model", "generate_images"}
 
 
 def test_a_cycle_between_namespaces_is_refused():

@@ -13,6 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["finetune_set", "params:finetune", "params:seed", "params:device", "kedro_run_id"],
                 outputs=["finetuned_model", "training_record", "finetune_metrics", "finetune_grids"],
                 name="finetune_model",
+                tags=["gpu"],  # DaskRunner asks for a worker with a GPU (docs/scale-out.md)
             ),
             Node(
                 plot_sample_grids,

@@ -31,6 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                         "params:generate", "params:seed", "params:device"],
                 outputs=OUTPUTS,
                 name="generate_images",
+                tags=["gpu"],  # DaskRunner asks for a worker with a GPU (docs/scale-out.md)
             ),
             _grid(),
         ]
