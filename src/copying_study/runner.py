@@ -102,6 +102,19 @@ def plan_groups(pipeline: Pipeline) -> list[Group]:
     return done
 
 
+def critical_path_priority(groups: list[Group]) -> dict[str, int]:
+    """Each group's number of downstream groups on its longest chain: a train cell whose model inference cells
+    sample starts before a cell that nothing waits for (Dask runs higher priorities first among ready tasks)."""
+    children: dict[str, list[str]] = {g.name: [] for g in groups}
+    for g in groups:
+        for d in g.dependencies:
+            children[d].append(g.name)
+    depth: dict[str, int] = {}
+    for g in reversed(groups):  # groups are in dependency order: children come later
+        depth[g.name] = max((1 + depth[c] for c in children[g.name]), default=0)
+    return depth
+
+
 def resources_for(group: Group, ask_gpu: bool) -> dict[str, int] | None:
     """The Dask resources a group's task asks for: one GPU when it holds a ``gpu``-tagged node and the run asks."""
     return {GPU_RESOURCE: 1} if (group.gpu and ask_gpu) else None
@@ -422,13 +435,16 @@ class DaskRunner(AbstractRunner):
                             "worker", GPU_RESOURCE)
             logger.info("DaskRunner: %d group(s) on %s (%d workers)", len(groups), self.address or "a local cluster",
                         len(workers))
+            # every worker imports and configures the project at once, before the first group needs one
+            client.run(_bootstrap, context)
+            priority = critical_path_priority(groups)
             futures: dict[str, Any] = {}
             for g in groups:
                 futures[g.name] = client.submit(
                     run_group, g.name, g.nodes, shipped, run_id, context,
                     *(futures[d] for d in g.dependencies),
                     key=f"group-{g.name}-{run_id}", pure=False, retries=self.retries,
-                    resources=resources_for(g, ask_gpu))
+                    resources=resources_for(g, ask_gpu), priority=priority[g.name])
             self._follow(client, futures, groups, catalog)
             wait(list(futures.values()))
             failed = {name: f for name, f in futures.items() if f.status != "finished"}

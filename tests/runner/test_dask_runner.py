@@ -19,6 +19,7 @@ from copying_study.runner import (
     DaskRunError,
     DaskRunner,
     check_handoffs,
+    critical_path_priority,
     plan_groups,
     resources_for,
     unsaved_handoffs,
@@ -77,6 +78,7 @@ def test_groups_are_top_level_namespaces_in_dependency_order():
     names = [g.name for g in groups]
     assert names.index("make") < names.index("a") < names.index("final")
     assert names.index("make") < names.index("b")
+    assert critical_path_priority(groups) == {"make": 2, "a": 1, "b": 0, "final": 0}  # a feeds final: first
     a = next(g for g in groups if g.name == "a")
     assert [n.name for n in a.nodes] == ["a.double", "a.total"]  # in order, on one worker
     assert a.outputs == {"a.doubled", "a.sum"}
