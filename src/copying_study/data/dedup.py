@@ -1,5 +1,6 @@
 """Duplicate clusters of a training table and the pre-training mitigations (framework-free; no Kedro imports).
 
+* ``describe_images``: the training descriptors, in this process or on Dask (``dedup.distributed``);
 * ``cluster_table``: one row per image (``image_id``, ``cluster_id``, ``cluster_size``, ...) from the threshold graph;
 * ``summarise``: one row per cluster of two or more images, with the paper's caption similarity;
 * ``mitigate``: ``none`` | ``collapse`` | ``resample_captions`` on the reportable clusters;
@@ -9,18 +10,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from copying_study.data.captions import alternatives, captions_of
+from copying_study.descriptors import EncodedImages, load_descriptor
 from copying_study.metrics.caption_similarity import caption_similarity, load_text_encoder
 from copying_study.search import (
     cluster_sizes,
     connected_clusters,
     threshold_pairs,
+)
+from copying_study.search.sharded import (
+    can_shard,
+    dask_client,
+    n_workers,
+    sharded_descriptors,
+    sharded_threshold_pairs,
 )
 from copying_study.utils.seeding import numpy_rng, python_rng
 
@@ -41,6 +51,22 @@ def check_table(table: pd.DataFrame, columns: tuple[str, ...], what: str = "trai
         raise ValueError(f"{what} has repeated image_id values (e.g. '{dup}')")
 
 
+def describe_images(images: Sequence[bytes], params: Mapping[str, Any], device: str | None
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """Descriptors of encoded images (``training_set["image"]``) in their order with ``params['descriptor']``:
+    ``(embeddings, row_info, meta)`` as ``encode_rows`` and ``meta()`` give them, in this process or as Dask tasks
+    over shards (``params['distributed']``); the bytes are the same either way."""
+    with dask_client(params["distributed"]) as client:
+        if client is None:
+            logger.info("training descriptors: engine single process")
+            descriptor = load_descriptor(params["descriptor"], device=device)
+            embeddings, row_info = descriptor.encode_rows(EncodedImages(images), desc="training descriptors")
+            return embeddings, row_info, descriptor.meta()
+        shard = params["distributed_shard_size"]["descriptors"]
+        logger.info("training descriptors: engine dask (%d workers, shards of %d images)", n_workers(client), shard)
+        return sharded_descriptors(client, images, params["descriptor"], device, shard)
+
+
 def find_clusters(
     embeddings: np.ndarray, image_ids: list[str], params: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
     row_info: Mapping[str, np.ndarray] | None = None,
@@ -49,13 +75,9 @@ def find_clusters(
     image in input order: ``image_id``, ``cluster_id`` (0 = largest cluster; every singleton its own id),
     ``cluster_size``, ``n_neighbors`` (graph degree), ``max_similarity`` (best edge, NaN for singletons),
     ``reportable`` (size >= min_cluster_size), and ``descriptor_<name>`` for each per-row array in ``row_info``
-    (PDQ: ``descriptor_quality``, ``descriptor_low_quality``)."""
-    search = params["search"]
-    i, j, s = threshold_pairs(
-        embeddings, params["threshold"], kind=search["index"], meta=meta, k_start=search["k_start"],
-        max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"], backend=search["backend"],
-        **({"nlist": search["nlist"], "nprobe": search["nprobe"]} if search["index"] == "ivf" else {}),
-    )
+    (PDQ: ``descriptor_quality``, ``descriptor_low_quality``). The graph is searched in this process or as Dask
+    tasks (``params['distributed']``); the table is the same either way."""
+    i, j, s = threshold_graph(embeddings, params, meta)
     n = len(image_ids)
     labels = connected_clusters(n, i, j)
     sizes = cluster_sizes(labels)
@@ -76,6 +98,47 @@ def find_clusters(
         "reportable": sizes >= int(params["min_cluster_size"]),
         **extra,
     })
+
+
+def threshold_graph(embeddings: np.ndarray, params: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``i < j`` with similarity >= ``params['threshold']`` (``threshold_pairs`` with ``params['search']``, or
+    ``sharded_threshold_pairs`` on Dask) and their scores recomputed by :func:`pair_similarities`: which engine,
+    chunk or shard found a pair changes its float32 score in the last bit, and this makes the score one value."""
+    search = params["search"]
+    approx = {"nlist": search["nlist"], "nprobe": search["nprobe"]} if search["index"] == "ivf" else {}
+    with dask_client(params["distributed"]) as client:
+        if client is not None and not can_shard(search["index"], meta):
+            logger.warning("threshold graph: search.index '%s' has no sharded search for this descriptor; it runs "
+                           "in this process", search["index"])
+            client = None
+        if client is None:
+            logger.info("threshold graph: engine single process")
+            i, j, _ = threshold_pairs(
+                embeddings, params["threshold"], kind=search["index"], meta=meta, k_start=search["k_start"],
+                max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"], backend=search["backend"],
+                **approx)
+        else:
+            shard = params["distributed_shard_size"]["search"]
+            logger.info("threshold graph: engine dask (%d workers, shards of %d rows; faiss on the workers' CPUs, "
+                        "search.backend '%s' is for the single-process engine)", n_workers(client), shard,
+                        search["backend"])
+            with tempfile.TemporaryDirectory(prefix="dedup-edges-") as edges_dir:
+                i, j, _ = sharded_threshold_pairs(client, embeddings, params["threshold"], meta, shard, edges_dir,
+                                                  kind=search["index"], max_neighbors=search["max_neighbors"],
+                                                  **approx)
+    return i, j, pair_similarities(embeddings, i, j)
+
+
+def pair_similarities(x: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """``x[i]·x[j]`` accumulated in float64 and rounded to float32 (the exact score of the float32 vectors, up to that
+    rounding), in chunks of pairs."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty(len(i), dtype=np.float32)
+    for k in range(0, len(i), chunk):
+        a = x[i[k:k + chunk]].astype(np.float64)
+        out[k:k + chunk] = np.einsum("pd,pd->p", a, x[j[k:k + chunk]].astype(np.float64))
+    return out
 
 
 def summarise(

@@ -49,6 +49,25 @@ class SearchParams(Params):
     backend: Literal[BACKENDS] = "faiss"
 
 
+def check_engine(value: Any) -> Any:
+    """``dedup.distributed``: ``auto``, true or false (``copying_study.search.sharded.dask_client``)."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("expected auto, true or false")
+
+
+class ShardSizeParams(Params):
+    """The Dask engine's shards (``dedup.distributed``)."""
+
+    # images per task, rounded up to whole descriptor batches. 2048 = 8 batches of the default 256 (32 of SSCD's 64):
+    # seconds (GPU) to minutes (CPU) of work, against milliseconds of task overhead and ~250 MB of 256-px PNGs to
+    # ship; an 8M-image set still makes ~4000 tasks to balance over the workers, and a lost task redoes little
+    descriptors: Annotated[int, Field(ge=1)] = 2048
+    # rows per query shard and per index shard of the threshold graph. A 50k x 50k block of 512-d float32 is 2.6
+    # TFLOP (~30 s on one core) on 200 MB of shards; 8M rows make 160 shards, ~13k upper-triangle blocks
+    search: Annotated[int, Field(ge=1)] = 50_000
+
+
 class GalleryParams(Params):
     n_clusters: Annotated[int, Field(ge=1)] = 8
     n_images: Annotated[int, Field(ge=1)] = 8
@@ -74,5 +93,8 @@ class DedupParams(Params):
     mitigation: Literal[MITIGATIONS] = "none"
     gallery: GalleryParams = GalleryParams()
     calibration: CalibrationParams = CalibrationParams()
+    distributed: Any = "auto"
+    distributed_shard_size: ShardSizeParams = ShardSizeParams()
 
     _descriptor = field_validator("descriptor")(check_descriptor_spec)
+    _distributed = field_validator("distributed")(check_engine)

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from copying_study.data import dedup
-from copying_study.descriptors import EncodedImages, load_descriptor
+from copying_study.descriptors import load_descriptor
 from copying_study.pipelines.dedup_clusters.plots import cluster_gallery, cluster_size_histogram
 from copying_study.schemas import DedupParams
 from copying_study.utils.device import pick_device
@@ -20,13 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def compute_train_descriptors(training_set: pd.DataFrame, params: Mapping[str, Any], device: str) -> dict[str, Any]:
-    """Copy descriptors of every training image, rows in ``training_set`` order, with the descriptor's meta."""
+    """Copy descriptors of every training image, rows in ``training_set`` order, with the descriptor's meta (in this
+    process or on Dask: ``dedup.distributed``)."""
     p = DedupParams.from_params(params).as_dict()
     dedup.check_table(training_set, ("image_id", "image"))
-    descriptor = load_descriptor(p["descriptor"], device=device)
-    embeddings, row_info = descriptor.encode_rows(EncodedImages(training_set["image"].tolist()),
-                                                  desc="training descriptors")
-    meta = descriptor.meta()
+    embeddings, row_info, meta = dedup.describe_images(training_set["image"].tolist(), p, device)
     logger.info("train_descriptors: %d x %d (%s)", *embeddings.shape, meta["name"])
     out = {"embeddings": embeddings, "image_ids": training_set["image_id"].astype(str).tolist(), "meta": meta}
     return {**out, "row_info": row_info} if row_info else out
