@@ -68,8 +68,12 @@ def grid_project(root: Path, seeds: list[int]) -> Path:
         "complexity": {"n_boot": 200, "image_size": 16},
     }
     (project / "conf" / "base" / "parameters_study.yml").write_text(yaml.safe_dump(grid))
-    (project / "conf" / "local" / "parameters_bench.yml").write_text(yaml.safe_dump(params))
+    (project / "bench_params.json").write_text(json.dumps(params))  # --params of every run (merged key by key)
     return project
+
+
+def bench_params(project: Path) -> dict:
+    return json.loads((project / "bench_params.json").read_text())
 
 
 def run_mode(project: Path, mode: str, workers: int) -> dict:
@@ -82,7 +86,7 @@ def run_mode(project: Path, mode: str, workers: int) -> dict:
     out: dict = {"mode": mode}
     if mode == "sequential":
         start = time.perf_counter()
-        with KedroSession.create(project_path=project) as session:
+        with KedroSession.create(project_path=project, runtime_params=bench_params(project)) as session:
             session.run(pipeline_names=["study"])
         out["seconds"] = time.perf_counter() - start
     else:
@@ -92,7 +96,7 @@ def run_mode(project: Path, mode: str, workers: int) -> dict:
 
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             start = time.perf_counter()  # the cluster is up: the time is the run's (start-up measured apart)
-            with KedroSession.create(project_path=project) as session:
+            with KedroSession.create(project_path=project, runtime_params=bench_params(project)) as session:
                 session.run(pipeline_names=["study"], runner=DaskRunner(address=cluster.scheduler_address))
             out["seconds"] = time.perf_counter() - start
             with Client(cluster) as client:
@@ -113,6 +117,9 @@ def real_table(args) -> list[dict]:
             done = subprocess.run([sys.executable, __file__, "--child", mode, "--project", str(project),
                                    "--workers", str(args.workers)], check=True, capture_output=True, text=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            if args.verbose:  # each group's time on its worker (DaskRunner's log)
+                print("\n".join(line for line in (done.stdout + done.stderr).splitlines()
+                                if "Completed group" in line or "Pipeline execution completed" in line))
     return rows
 
 
@@ -122,9 +129,11 @@ def build_base(project: Path) -> None:
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:  # ingest + dedup + one finetune builds the base
+    params = bench_params(project)
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
         session.run(pipeline_names=["ingest", "dedup_clusters"])
-    with KedroSession.create(project_path=project, runtime_params={"finetune": {"steps": 1}}) as session:
+    params["finetune"]["steps"] = 1  # a one-step finetune builds (and caches) the embedded base
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
         session.run(pipeline_names=["finetune"])
 
 
@@ -234,6 +243,7 @@ def main() -> None:
     parser.add_argument("--wait-configs", type=int, default=2, help="train configurations of the GPU-like grid")
     parser.add_argument("--train-wait", type=float, default=8.0)
     parser.add_argument("--gen-wait", type=float, default=4.0)
+    parser.add_argument("--verbose", action="store_true", help="print each group's time (real grid)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--project", help=argparse.SUPPRESS)
     args = parser.parse_args()

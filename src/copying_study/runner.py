@@ -34,6 +34,7 @@ Only public Kedro API is used, except :func:`saved_files` (the path a versioned 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -209,31 +210,30 @@ def worker_catalog(pipeline: Pipeline, catalog: Any) -> DataCatalog:
 # -- the worker side ---------------------------------------------------------------------------------------------
 
 _BOOTSTRAPPED: dict[str, Any] = {}
-# One group at a time per worker process: the project's hooks keep a group's record in the process's hook objects.
-_GROUP_LOCK = threading.Lock()
+_BOOTSTRAP_LOCK = threading.Lock()
 
 
 def _bootstrap(context: dict[str, Any]) -> None:
     """Configure the Kedro project once per worker process (settings, pipelines, logging, environment)."""
     key = context["package_name"]
-    if _BOOTSTRAPPED.get("package") == key:
-        return
-    from kedro.framework.project import configure_logging, configure_project
+    with _BOOTSTRAP_LOCK:
+        if _BOOTSTRAPPED.get("package") == key:
+            return
+        from kedro.framework.project import configure_logging, configure_project
 
-    os.environ.update(context.get("environ") or {})
-    configure_project(key)
-    if context.get("logging"):
-        configure_logging(context["logging"])
-    _BOOTSTRAPPED["package"] = key
+        os.environ.update(context.get("environ") or {})
+        configure_project(key)
+        if context.get("logging"):
+            configure_logging(context["logging"])
+        _BOOTSTRAPPED["package"] = key
 
 
 def run_group(name: str, nodes: list, catalog: Any, run_id: str, context: dict[str, Any], *dependencies: Any
               ) -> dict[str, Any]:
     """Run one group's nodes in order on this worker (the task a :class:`DaskRunner` submits). ``dependencies``
     are the results of the groups it waits for (unused: they order the tasks). Returns the hooks' records."""
-    with _GROUP_LOCK:
-        _bootstrap(context)
-        return _run_group(name, nodes, catalog, run_id, context)
+    _bootstrap(context)
+    return _run_group(name, nodes, catalog, run_id, context)
 
 
 class GroupError(RuntimeError):
@@ -241,13 +241,13 @@ class GroupError(RuntimeError):
     scheduler can hand it to the driver whatever the original exception holds)."""
 
 
-def _hook_manager(settings: Any) -> Any:
-    """This process's hook manager with the project's hooks and plugins, as ``kedro.runner.Task`` builds one for
-    a ``ParallelRunner`` subprocess (built once per group here)."""
+def _hook_manager(settings: Any, hooks: list) -> Any:
+    """A hook manager with ``hooks`` and the plugins, as ``kedro.runner.Task`` builds one for a ``ParallelRunner``
+    subprocess (built once per group here)."""
     from kedro.framework.hooks.manager import _create_hook_manager, _register_hooks, _register_hooks_entry_points
 
     manager = _create_hook_manager()
-    _register_hooks(manager, settings.HOOKS)
+    _register_hooks(manager, hooks)
     _register_hooks_entry_points(manager, settings.DISABLE_HOOKS_FOR_PLUGINS)
     return manager
 
@@ -268,12 +268,15 @@ def _run_nodes(name: str, nodes: list, catalog: Any, run_id: str, context: dict[
                ) -> dict[str, Any]:
     import traceback
 
-    remotes = [(i, hook) for i, hook in enumerate(settings.HOOKS) if hasattr(hook, "start_remote")]
+    # a hook that keeps a group's record gets a copy of its own for this group: a worker may run two groups at
+    # once (a seceded task, such as the sharded dedup waiting for its sub-tasks, frees its thread for another)
+    hooks = [copy.copy(hook) if hasattr(hook, "start_remote") else hook for hook in settings.HOOKS]
+    remotes = [(i, hook) for i, hook in enumerate(hooks) if hasattr(hook, "start_remote")]
     for i, hook in remotes:
         hook.start_remote(catalog, (context.get("hook_states") or {}).get(i), name)
     failed = True
     started = time.perf_counter()
-    manager = _hook_manager(settings)
+    manager = _hook_manager(settings, hooks)
     node = None
     try:
         load_counts = Counter(i for n in nodes for i in n.inputs)
@@ -340,8 +343,7 @@ def _connect(address: str | None, n_workers: int | None, threads_per_worker: int
     n = int(n_workers or os.cpu_count() or 1)
     # One single-threaded worker per core: nodes that use torch run one at a time per process, and Dask's nanny
     # gives every worker OMP/MKL_NUM_THREADS=1, so workers do not oversubscribe the cores.
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True, dashboard=False)
     return Client(cluster), cluster
 
 
