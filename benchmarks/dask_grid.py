@@ -229,7 +229,8 @@ def print_table(title: str, rows: list[dict], note: str) -> None:
             memory += f"{', ' if memory else ''}workers {r['worker_peak_rss_mb']}"
         if r.get("cluster_start_s") is not None:
             memory += f" (cluster start-up {r['cluster_start_s']:.1f} s, not in the wall time)"
-        name = "SequentialRunner" if r["mode"] == "sequential" else f"DaskRunner, {r['mode'][6:-1]}"
+        name = {"sequential": "SequentialRunner", "dask": "DaskRunner"}.get(r["mode"]) or \
+            f"DaskRunner, {r['mode'][6:-1]}"
         print(f"{name:<30}{r['seconds']:>9.1f}{base / r['seconds']:>9.2f}x  {memory}")
     print(note)
 
