@@ -145,11 +145,15 @@ class Descriptor(ABC):
         return meta
 
     def whitening(self) -> Whitening:
-        """The fitted whitening (fitted on first use from the generic reference set; cached per process)."""
+        """The fitted whitening (fitted on first use from the generic reference set; cached per process and thread
+        counts)."""
         if not self.whitening_spec:
             raise ValueError(f"descriptor '{self.name}' has no whitening")
+        from copying_study.utils.threads import current_threads
+
+        # the reference features come from the model at this process's thread counts: part of the identity
         identity = json.dumps({"name": self.name, "config": self.config(), "weights": (self.weights() or {}).get(
-            "sha256"), "whitening": self.whitening_spec}, sort_keys=True, default=str)
+            "sha256"), "whitening": self.whitening_spec, "threads": current_threads()}, sort_keys=True, default=str)
         if identity not in _WHITENINGS:
             from copying_study.descriptors.reference import whitening_reference
 

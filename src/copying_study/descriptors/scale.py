@@ -101,9 +101,14 @@ def fit_whitening(reference: np.ndarray, spec: Mapping[str, Any]) -> Whitening:
     if not np.isfinite(x).all():
         raise ValueError("whitening reference descriptors contain NaN/inf")
     dim = min(int(spec["dim"]), x.shape[1], x.shape[0] - 1)
-    mean = x.mean(axis=0)
-    cov = np.cov(x - mean, rowvar=False)
-    values, vectors = np.linalg.eigh(cov)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the covariance and eigh round differently at 1 and 2 threads (measured), and the fit must be
+    # the same bytes in every process (a Dask worker runs at 1, a sequential run at the machine's cores)
+    with threadpool_limits(limits=1, user_api="blas"):
+        mean = x.mean(axis=0)
+        cov = np.cov(x - mean, rowvar=False)
+        values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1][:dim]
     values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
     if values[-1] <= 0 and spec["shrinkage"] == 0:
