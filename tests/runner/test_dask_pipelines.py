@@ -82,8 +82,9 @@ def test_default_pipeline_on_dask_is_audited_byte_for_byte_by_a_sequential_rerun
 
     runs = mlflow_runs(kedro_project).set_index("run_id")
     assert runs.loc[dask["mlflow_run_id"], "status"] == "FINISHED" and (runs["status"] != "RUNNING").all()
-    for tag in ("tags.controls", "tags.descriptor", "tags.git.commit", "tags.kedro.run_id"):
-        assert runs.loc[dask["mlflow_run_id"], tag] == runs.loc[dask["mlflow_run_id"], tag]  # set by the workers
+    tags = runs.loc[dask["mlflow_run_id"]]
+    assert tags["tags.controls"] in ("passed", "FAILED") and tags["tags.descriptor"] == "default"  # by the workers
+    assert tags["tags.kedro.run_id"] == dask["run_id"]  # by the driver
     assert runs.loc[dask["mlflow_run_id"], "metrics.fid"] > 0
 
 
