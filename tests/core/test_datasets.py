@@ -79,3 +79,40 @@ def test_diffusers_dataset_save_is_atomic(tmp_path):
     assert not (root / "v1" / "model").exists()  # no half-written version a later run would load as the latest
     assert list((root / "v1").iterdir()) == []    # and no leftover temporary folder
     assert not DiffusersPipelineDataset(str(root), version=Version("v1", None)).exists()
+
+
+def _artifact_dataset(tmp_path, version):
+    from copying_study.datasets import VersionedMlflowArtifactDataset
+
+    return VersionedMlflowArtifactDataset(dataset={"type": "json.JSONDataset",
+                                                   "filepath": str(tmp_path / "data" / "record.json")},
+                                          artifact_path="record", version=version)
+
+
+def test_versioned_mlflow_artifact_dataset_saves_at_the_catalogs_version_and_logs_only_when_switched_on(
+        tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ds = _artifact_dataset(tmp_path, Version(None, "2026-01-01T00.00.00.000Z"))
+    ds.save({"a": 1})  # outside a tracked run: the file only, and no MLflow run started
+    assert (tmp_path / "data/record.json/2026-01-01T00.00.00.000Z/record.json").exists()
+    assert mlflow.active_run() is None and mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    assert _artifact_dataset(tmp_path, Version(None, None)).load() == {"a": 1}  # the newest version
+
+    with mlflow.start_run() as run:
+        ds = _artifact_dataset(tmp_path, Version(None, "2026-01-02T00.00.00.000Z"))
+        ds._logging_activated = True  # what ProjectMlflowHook does inside a tracked run
+        ds.save({"a": 2})
+    assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "record")] == ["record/record.json"]
+    assert _artifact_dataset(tmp_path, Version("2026-01-01T00.00.00.000Z", None)).load() == {"a": 1}
+
+
+def test_versioned_mlflow_artifact_dataset_refuses_a_versioned_inner_dataset(tmp_path):
+    from copying_study.datasets import VersionedMlflowArtifactDataset
+
+    with pytest.raises(DatasetError, match="put `versioned: true` on the entry"):
+        VersionedMlflowArtifactDataset(dataset={"type": "json.JSONDataset", "filepath": str(tmp_path / "r.json"),
+                                                "versioned": True})
