@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,18 @@ def use_tiny_base(conf: Path) -> None:
     if params["finetune"].get("base_model") == "embedded":
         params["finetune"]["embedded_base"] = TINY_BASE
         path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_run_left_active():
+    """Every test leaves no MLflow run active in the process (a leaked run would take the next run's logging)."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        run_id = mlflow.active_run().info.run_id
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        pytest.fail(f"the test left MLflow run {run_id} active")
 
 
 @pytest.fixture

@@ -5,11 +5,13 @@ commands, set it too).
 
 * :func:`quiet_third_party` (called from ``settings.py``, before any pipeline module imports transformers or
   diffusers) lowers transformers', diffusers' and MLflow's own log levels to errors/warnings (an environment
-  variable the user set wins) and hides the one deprecation warning Kedro 1.7 itself triggers in OmegaConf 2.4
-  (``register_new_resolver``): nothing in this project can change that call.
+  variable the user set wins) and hides the deprecation warning Kedro 1.7 and kedro-mlflow 2.0 trigger in
+  OmegaConf 2.4 (``register_new_resolver``) and MLflow's type-hint warning on kedro-mlflow's pyfunc class: nothing
+  in this project can change those calls.
 * :class:`ConsoleFilter` (put on the root logger's handlers by :class:`ConsoleHooks`: Kedro refuses project
   classes in ``conf/logging.yml``) drops Kedro's "Completed node" /
-  "Completed k out of n tasks" / synchronous-mode lines and shortens "Running node: name: func([...]) -> [...]" to
+  "Completed k out of n tasks" / synchronous-mode lines, kedro-mlflow's "Registering new custom resolver" line, and
+  shortens "Running node: name: func([...]) -> [...]" to
   the node's name. Records at WARNING or above always pass.
 * :class:`ConsoleHooks` turns both back on when verbose (``COPYING_STUDY_VERBOSE=1``): the data catalog's "Loading data from" / "Saving data
   to" lines (``kedro.io.data_catalog`` is at WARNING in ``conf/logging.yml``) and every line the filter drops.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 from kedro.framework.hooks import hook_impl
@@ -35,7 +38,25 @@ def quiet_third_party() -> None:
     for name, level in THIRD_PARTY_LEVELS.items():
         os.environ.setdefault(name, level)
     warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning,
-                            module=r"kedro\.config")
+                            module=r"kedro(_mlflow)?\.")
+    # kedro-mlflow defines a pyfunc model class (for its pipeline_ml_factory, unused here) without type hints: MLflow
+    # warns when the class is defined, when Kedro's CLI imports the plugin's commands, inside its own
+    # `simplefilter("once")` that no filter can override; only the display can drop it
+    if not getattr(warnings.showwarning, "_copying_study", False):
+        warnings.showwarning = _drop_known_noise(warnings.showwarning)
+
+
+#: warnings that third-party code forces through every filter (see quiet_third_party): dropped at display
+FORCED_NOISE = (re.compile(r"(\x1b\[\d+m)?Add type hints to the `predict` method"),)
+
+
+def _drop_known_noise(show):
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not any(pattern.match(str(message)) for pattern in FORCED_NOISE):
+            show(message, category, filename, lineno, file, line)
+
+    showwarning._copying_study = True
+    return showwarning
 
 
 def cli_verbose() -> bool:
@@ -59,6 +80,8 @@ class ConsoleFilter(logging.Filter):
             return True
         if record.name.startswith("kedro.runner") and str(record.msg).startswith(_DROPPED):
             return False
+        if record.name.startswith("kedro_mlflow") and str(record.msg).startswith("Registering new custom resolver"):
+            return False  # kedro-mlflow's resolver for random run names, registered on every run
         if record.name == "kedro.pipeline.node" and record.msg == "Running node: %s" and record.args:
             record.args = (str(record.args[0]).split(": ", 1)[0],)
         return True

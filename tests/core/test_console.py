@@ -29,8 +29,10 @@ def test_a_pipeline_run_through_the_cli_prints_no_warning_and_one_line_per_node(
     assert "[transformers]" not in out and "Completed 1 out of" not in out, out
     running = [line for line in out.splitlines() if "Running node:" in line]
     # Kedro's "Running node" line names the node without its stage namespace
-    assert [line.split("Running node: ")[1] for line in running] == ["ingest_training_set", "caption_training_set"]
+    assert [line.split("Running node: ")[1] for line in running] == ["ingest_training_set", "caption_training_set",
+                                                                     "log_ingest_metrics", "log_caption_metrics"]
     assert "Pipeline execution completed successfully" in out
+    assert "has started" in out and "Registering new custom resolver" not in out  # kedro-mlflow's run, one line
     assert len(out.splitlines()) <= 10, out
 
     verbose = kedro_cli(kedro_project, "--pipelines=ingest", "--to-nodes=ingest.ingest_training_set", verbose=True)

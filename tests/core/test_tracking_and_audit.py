@@ -83,3 +83,54 @@ def test_a_failed_run_writes_its_manifest_with_the_error(kedro_project, tmp_path
     assert run.info.status == "FAILED"
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert "run_manifest.json" in artifacts
+
+
+@pytest.mark.slow
+def test_tracking_off_logs_no_run_and_still_writes_the_manifest(kedro_project, monkeypatch):
+    monkeypatch.setenv("COPYING_STUDY_MLFLOW", "0")
+    run_kedro(kedro_project, ["ingest"], params=SMALL)
+    record = _last_record()
+    assert "mlflow_run_id" not in record
+    assert (kedro_project / "data/08_reporting/run_manifest.json" / record["run_id"] / "run_manifest.json").exists()
+    assert (kedro_project / "data/08_reporting/ingest_metrics.json" / record["run_id"]).is_dir()
+    if (kedro_project / "mlflow.db").exists():  # kedro-mlflow sets the store up with the context
+        mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+        assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    assert mlflow.active_run() is None
+
+
+@pytest.mark.slow
+def test_kedro_mlflow_ui_serves_the_project_store(kedro_project):
+    """`kedro mlflow ui` (kedro-mlflow's command, reading conf/base/mlflow.yml) starts the MLflow UI on the store."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    run_kedro(kedro_project, ["ingest"], params=SMALL)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kedro = Path(sys.executable).parent / "kedro"
+    env = {**os.environ, "PATH": f"{kedro.parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # an activated venv
+    proc = subprocess.Popen([str(kedro), "mlflow", "ui", "--port", str(port)], cwd=kedro_project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        body, deadline = None, time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search"
+                                            "?max_results=10", timeout=5) as response:
+                    body = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(1)
+        assert body is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 120 s"
+        assert "copying_study" in {e["name"] for e in body["experiments"]}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -21,7 +21,8 @@ from tests.finetune.helpers import TEST_TINY
 def test_pipeline_shape():
     pipe = create_pipeline()
     assert pipe.inputs() == {"finetune_set", "params:finetune", "params:seed", "params:device", "kedro_run_id"}
-    assert pipe.outputs() == {"finetuned_model", "training_record", "finetune_metrics", "finetune_sample_grids"}
+    assert pipe.outputs() == {"finetuned_model", "training_record", "finetune_metrics_mlflow", "finetune_sample_grids"}
+    assert "finetune_metrics" in pipe.all_outputs()  # the versioned JSON, copied to MLflow by log_finetune_metrics
 
 
 def conf(env: str) -> dict:

@@ -39,7 +39,9 @@ def catalog(project: Path):
 def test_pipeline_shape():
     pipe = create_pipeline()
     assert pipe.inputs() == {"params:ingest", "params:caption", "params:device", "params:seed"}
-    assert pipe.outputs() == {"training_set", "ingest_rejects", "ingest_metrics", "control_set", "caption_metrics"}
+    assert pipe.outputs() == {"training_set", "ingest_rejects", "ingest_metrics_mlflow", "control_set",
+                              "caption_metrics_mlflow"}
+    assert {"ingest_metrics", "caption_metrics"} <= pipe.all_outputs()  # versioned JSON, and copied to MLflow
 
 
 @pytest.mark.slow

@@ -55,7 +55,8 @@ def test_pipeline_shape_reads_the_grid_from_the_project_conf(study_project):
     pipe = create_pipeline()
     namespaces = {n.namespace for n in pipe.nodes if n.namespace}
     assert namespaces == {"ingest", "dedup_clusters", "full_ddf5__s3", "full_ddf5_rt__s3"}
-    assert {"study_results", "study_report", "study_metrics"} <= pipe.outputs()
+    assert {"study_results", "study_report", "study_metrics_mlflow"} <= pipe.outputs()
+    assert "study_metrics" in pipe.all_outputs()
     rt_generate = [n for n in pipe.nodes if n.name == "full_ddf5_rt__s3.generate_images"][0]
     assert "full_ddf5__s3.finetuned_model" in rt_generate.inputs  # the inference cell samples the train cell's model
     assert not any(n.name.startswith("full_ddf5_rt__s3.finetune") for n in pipe.nodes)

@@ -8,6 +8,7 @@ from copying_study.pipelines.complexity_analysis.nodes import (
     plot_complexity_scatter,
     score_complexity,
 )
+from copying_study.pipelines.tracking import log_metrics_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -38,5 +39,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="complexity_scatter_plot",
                 name="plot_complexity_scatter",
             ),
+            log_metrics_node("complexity_metrics"),
         ]
     )

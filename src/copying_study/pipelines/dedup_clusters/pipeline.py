@@ -5,6 +5,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from copying_study.pipelines.dedup_clusters import nodes
+from copying_study.pipelines.tracking import log_metrics_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -30,5 +31,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                  ["duplicate_clusters", "cluster_summary", "training_set", "finetune_set", "train_descriptors",
                   "params:dedup"],
                  "dedup_metrics", name="dedup_metrics"),
+            log_metrics_node("dedup_metrics"),
         ]
     )

@@ -11,6 +11,7 @@ every node after the choice of input (:func:`scoring_pipeline`).
 from kedro.pipeline import Node, Pipeline
 
 from copying_study.pipelines.evaluate import nodes
+from copying_study.pipelines.tracking import log_metrics_node
 
 
 def scoring_pipeline() -> Pipeline:
@@ -56,6 +57,7 @@ def scoring_pipeline() -> Pipeline:
             Node(nodes.plot_gallery,
                  ["replication_scores", "evaluate_generations", "training_set", "params:evaluate"],
                  "replication_gallery", name="plot_replication_gallery"),
+            log_metrics_node("evaluate_metrics"),
         ]
     )
 

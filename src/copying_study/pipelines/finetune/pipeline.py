@@ -3,6 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from copying_study.pipelines.finetune.nodes import finetune_model, plot_sample_grids
+from copying_study.pipelines.tracking import log_metrics_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -21,5 +22,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="finetune_sample_grids",
                 name="plot_finetune_sample_grids",
             ),
+            log_metrics_node("finetune_metrics"),
         ]
     )

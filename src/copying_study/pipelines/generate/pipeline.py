@@ -11,6 +11,7 @@ from copying_study.pipelines.generate.nodes import (
     generate_images_from_model,
     plot_generations_grid,
 )
+from copying_study.pipelines.tracking import log_metrics_node
 
 OUTPUTS = ["generations", "generate_metrics", "generate_record"]
 
@@ -34,6 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 tags=["gpu"],  # DaskRunner asks for a worker with a GPU (docs/scale-out.md)
             ),
             _grid(),
+            log_metrics_node("generate_metrics"),
         ]
     )
 
@@ -50,5 +52,6 @@ def create_model_pipeline() -> Pipeline:
                 name="generate_images_from_model",
             ),
             _grid(),
+            log_metrics_node("generate_metrics"),
         ]
     )

@@ -5,6 +5,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from copying_study.pipelines.ingest.nodes import caption_training_set, ingest_training_set
+from copying_study.pipelines.tracking import log_metrics_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -22,5 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["training_set", "caption_metrics"],
                 name="caption_training_set",
             ),
+            log_metrics_node("ingest_metrics"),
+            log_metrics_node("caption_metrics"),
         ]
     )

@@ -28,6 +28,7 @@ from copying_study.pipelines.generate.pipeline import create_pipeline as generat
 from copying_study.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
 from copying_study.pipelines.study.hooks import run_study
 from copying_study.pipelines.study.nodes import collect_cell, collect_study
+from copying_study.pipelines.tracking import log_metrics_node
 from copying_study.study import Cell, expand_grid
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def study_pipeline(cells: list[Cell]) -> Pipeline:
     # task (ingest hands ``ingested_set`` to its captioning node in memory)
     data = (Pipeline(ingest_pipeline(), namespace="ingest", prefix_datasets_with_namespace=False)
             + Pipeline(dedup_pipeline(), namespace="dedup_clusters", prefix_datasets_with_namespace=False))
-    return sum((cell_pipeline(c) for c in cells), data) + Pipeline([collect])
+    return sum((cell_pipeline(c) for c in cells), data) + Pipeline([collect, log_metrics_node("study_metrics")])
 
 
 def create_pipeline(**kwargs) -> Pipeline:
