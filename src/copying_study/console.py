@@ -10,7 +10,8 @@ commands, set it too).
   in this project can change those calls.
 * :class:`ConsoleFilter` (put on the root logger's handlers by :class:`ConsoleHooks`: Kedro refuses project
   classes in ``conf/logging.yml``) drops Kedro's "Completed node" /
-  "Completed k out of n tasks" / synchronous-mode lines, kedro-mlflow's "Registering new custom resolver" line, and
+  "Completed k out of n tasks" / synchronous-mode lines, kedro-mlflow's "Registering new custom resolver" line and the lines of the
+  ``log_<stage>_metrics`` nodes (a metrics output copied to MLflow), and
   shortens "Running node: name: func([...]) -> [...]" to
   the node's name. Records at WARNING or above always pass.
 * :class:`ConsoleHooks` turns both back on when verbose (``COPYING_STUDY_VERBOSE=1``): the data catalog's "Loading data from" / "Saving data
@@ -83,7 +84,11 @@ class ConsoleFilter(logging.Filter):
         if record.name.startswith("kedro_mlflow") and str(record.msg).startswith("Registering new custom resolver"):
             return False  # kedro-mlflow's resolver for random run names, registered on every run
         if record.name == "kedro.pipeline.node" and record.msg == "Running node: %s" and record.args:
-            record.args = (str(record.args[0]).split(": ", 1)[0],)
+            name = str(record.args[0]).split(": ", 1)[0]
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith("log_") and leaf.endswith("_metrics"):
+                return False  # a *_metrics output copied to MLflow (copying_study.pipelines.tracking): bookkeeping
+            record.args = (name,)
         return True
 
 
@@ -101,3 +106,7 @@ class ConsoleHooks:
         CONSOLE_FILTER.verbose = cli_verbose()
         if CONSOLE_FILTER.verbose:
             logging.getLogger(DATA_CATALOG_LOGGER).setLevel(logging.INFO)
+            # the project's detail lines (the calibration table, each complexity correlation, ...) are at DEBUG
+            logging.getLogger("copying_study").setLevel(logging.DEBUG)
+            for handler in logging.getLogger().handlers:
+                handler.setLevel(min(handler.level, logging.DEBUG))

@@ -536,7 +536,7 @@ def train(
         throughput_history = state.get("throughput_history", [])
         logger.info("resuming finetuning from %s (step %d of %d)", last, start_step, s.steps)
     if s.checkpoint_every and is_main:
-        logger.info("checkpoints of this run: %s (removed when training completes; resume a stopped run with "
+        logger.debug("checkpoints of this run: %s (removed when training completes; resume a stopped run with "
                     "--params finetune.resume_from=%s/step_<n>.pt)", ckpt_dir, ckpt_dir)
 
     grid_rows = _grid_prompts(plan, s.sample_prompts)

@@ -28,7 +28,7 @@ def score_complexity(
     scores = score_matches(
         replication_scores, training_set, size=p["image_size"], resample=p["resample"], jpeg_quality=p["jpeg_quality"]
     )
-    logger.info("complexity: measured %d distinct matched training images for %d generations",
+    logger.debug("complexity: measured %d distinct matched training images for %d generations",
                 scores["match_image_id"].nunique(), len(scores))
     return scores
 
@@ -52,7 +52,7 @@ def correlate_complexity(
     for measure in MEASURES:
         result = report[measure]
         if result["status"] == "ok":
-            logger.info("complexity: %s vs similarity: Pearson r=%.3f (p=%.2g), Spearman rho=%.3f (p=%.2g), n=%d",
+            logger.debug("complexity: %s vs similarity: Pearson r=%.3f (p=%.2g), Spearman rho=%.3f (p=%.2g), n=%d",
                         measure, result["pearson_r"], result["pearson_p"], result["spearman_r"],
                         result["spearman_p"], result["n"])
     return report, flat_metrics(report)

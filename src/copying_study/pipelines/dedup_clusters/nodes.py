@@ -25,7 +25,7 @@ def compute_train_descriptors(training_set: pd.DataFrame, params: Mapping[str, A
     p = DedupParams.from_params(params).as_dict()
     dedup.check_table(training_set, ("image_id", "image"))
     embeddings, row_info, meta = dedup.describe_images(training_set["image"].tolist(), p, device)
-    logger.info("train_descriptors: %d x %d (%s)", *embeddings.shape, meta["name"])
+    logger.debug("train_descriptors: %d x %d (%s)", *embeddings.shape, meta["name"])
     out = {"embeddings": embeddings, "image_ids": training_set["image_id"].astype(str).tolist(), "meta": meta}
     return {**out, "row_info": row_info} if row_info else out
 
@@ -38,7 +38,10 @@ def calibrate_descriptor(params: Mapping[str, Any], device: str) -> dict[str, An
     p = DedupParams.from_params(params).as_dict()
     descriptor = load_descriptor(p["descriptor"], device=device)
     record = calibrate(descriptor, p["calibration"]["families"], p["calibration"]["n_per_family"])
-    logger.info("descriptor calibration:\n%s", format_table(record))
+    logger.info("descriptor calibration: %s, copy threshold %s, targets %s (the per-family table is in "
+                "descriptor_calibration; COPYING_STUDY_VERBOSE=1 prints it)", descriptor.name, record["copy_threshold"],
+                "met" if record["meets_targets"] else "NOT met")
+    logger.debug("descriptor calibration:\n%s", format_table(record))
     if not record["meets_targets"]:
         failed = [f for f, r in record["families"].items() if not r["meets_targets"]]
         logger.warning("descriptor '%s' does not meet the calibration targets on %s at its copy threshold %.3f: "

@@ -101,8 +101,8 @@ def plan_generations(
             "mitigation": settings.name, "gn_lambda": req.gn_lambda, "gn_uncond": req.gn_uncond,
             "source_image_id": prompt.source_image_id,
         })
-    logger.info("generate: %d images from %d '%s' prompts, mitigation %s", len(rows), n_prompts, p["prompts"],
-                settings.name)
+    logger.debug("generate: %d images from %d '%s' prompts, mitigation %s", len(rows), n_prompts, p["prompts"],
+                 settings.name)
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS)), vocab, fallbacks
 
 
@@ -212,7 +212,9 @@ def generate_images(
                        "descriptor": descriptor_meta},
         "fallbacks": fallbacks,
     }
-    logger.info("generate: %d images in %.1f s (%.2f images/s)", len(table), seconds, metrics["images_per_second"])
+    logger.info("generate: %d images from %d '%s' prompts (mitigation %s) in %.1f s (%.2f images/s)", len(table),
+                plan["original_prompt"].nunique(), p["prompts"], p["strengths"].name, seconds,
+                metrics["images_per_second"])
     return table, metrics, record
 
 
