@@ -32,6 +32,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -54,6 +55,7 @@ SYSTEM_METRICS_ENV = "COPYING_STUDY_SYSTEM_METRICS"  # auto (runs that finetune)
 MANIFEST_DATASET = "run_manifest"
 RUN_ID_DATASET = "kedro_run_id"
 RUN_INFO_DATASET = "run_info"  # the run's identifiers for nodes that print them (the study report)
+EXPERIMENT_ATTEMPTS = 6  # ProjectMlflowHook.after_context_created: tries when two runs create the experiment at once
 
 
 def tracking_on() -> bool:
@@ -190,9 +192,24 @@ class ProjectMlflowHook(MlflowHook):
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        """The plugin's set-up (store, experiment), retried when another run creates the experiment at the same
+        moment: on a fresh clone two runs both find no experiment, and the slower one's create fails on the store's
+        unique constraint (or a locked sqlite file) while the winner's experiment is there to use."""
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
+
         self.run_id = None
         self._logged = {}
-        super().after_context_created(context)
+        for attempt in range(EXPERIMENT_ATTEMPTS):
+            try:
+                super().after_context_created(context)
+                return
+            except (MlflowException, SQLAlchemyError) as error:
+                if attempt == EXPERIMENT_ATTEMPTS - 1:
+                    raise
+                logger.info("MLflow experiment is being created by another run (%s); retrying",
+                            str(error).splitlines()[0][:200])
+                time.sleep(0.2 * 2**attempt)
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:

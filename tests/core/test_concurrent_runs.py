@@ -19,9 +19,10 @@ SMALL = {"ingest": {"resolution": 16, "embedded": {"n_images": 16, "n_control": 
 
 
 def run_b_ingest(project: Path) -> None:
-    """The other run: a separate ``kedro run`` process writing a different training_set (20 scenes, not 16)."""
+    """The other run: a separate ``kedro run`` process writing a different training_set (24 rows, not 20)."""
     kedro = Path(sys.executable).parent / "kedro"
-    params = "ingest.resolution=16,ingest.embedded.n_images=20,ingest.embedded.n_control=4"
+    params = ("ingest.resolution=16,ingest.embedded.n_images=20,ingest.embedded.n_control=4,"
+              "ingest.embedded.n_clusters=2,ingest.embedded.copies_per_cluster=2")  # 24 rows, A's 20
     done = subprocess.run([str(kedro), "run", "--pipelines=ingest", f"--params={params}"], cwd=project,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -101,17 +102,21 @@ def test_an_input_is_read_at_the_version_it_had_when_the_run_started(kedro_proje
 
 def test_two_runs_creating_the_mlflow_experiment_at_once_both_get_it(kedro_project, monkeypatch):
     """On a fresh clone both runs see no experiment and create it; the slower one's create fails on the unique
-    constraint. Here the other run wins inside our create_experiment call (the real sqlite store raises)."""
+    constraint. Here the other run wins inside kedro-mlflow's create_experiment call (the real sqlite store raises)."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
-    real_create = mlflow.create_experiment
+    real_create = MlflowClient.create_experiment
+    calls = []
 
-    def other_run_wins(name, artifact_location=None, **kwargs):
-        real_create(name, artifact_location=artifact_location)  # the other process, a moment earlier
-        return real_create(name, artifact_location=artifact_location)  # ours: RESOURCE_ALREADY_EXISTS
+    def other_run_wins(self, name, artifact_location=None, tags=None):
+        calls.append(name)
+        real_create(self, name, artifact_location=artifact_location, tags=tags)  # the other process, a moment earlier
+        return real_create(self, name, artifact_location=artifact_location, tags=tags)  # ours: already exists
 
-    monkeypatch.setattr(mlflow, "create_experiment", other_run_wins)
+    monkeypatch.setattr(MlflowClient, "create_experiment", other_run_wins)
     run_kedro(kedro_project, ["ingest"], params={"ingest": SMALL["ingest"]})
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["copying_study"], output_format="list")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert calls == ["copying_study"]  # the race happened once, and the retry found the winner's experiment

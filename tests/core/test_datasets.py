@@ -102,6 +102,7 @@ def test_versioned_mlflow_artifact_dataset_saves_at_the_catalogs_version_and_log
     assert mlflow.active_run() is None and mlflow.search_runs(search_all_experiments=True, output_format="list") == []
     assert _artifact_dataset(tmp_path, Version(None, None)).load() == {"a": 1}  # the newest version
 
+    mlflow.set_experiment("artifact-dataset-test")  # not an experiment id an earlier test left selected
     with mlflow.start_run() as run:
         ds = _artifact_dataset(tmp_path, Version(None, "2026-01-02T00.00.00.000Z"))
         ds._logging_activated = True  # what ProjectMlflowHook does inside a tracked run
