@@ -3,7 +3,7 @@ threshold (connected components of the threshold graph, as the pipeline builds t
 
 Not a timing script: it measures what the ``dedup.threshold`` default gives on the data that ``kedro run`` makes.
 
-    python benchmarks/dedup_planted.py                                  # the ingest defaults (100 scenes, 32 px)
+    python benchmarks/dedup_planted.py                                  # 100 scenes, 32 px (the study data until 2026-12-04)
     python benchmarks/dedup_planted.py --n-images 240 --seeds 0 1 2     # another embedded set
 """
 

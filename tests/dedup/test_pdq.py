@@ -322,7 +322,8 @@ def test_dedup_clusters_with_pdq_on_the_embedded_study(kedro_project):
         return sorted((kedro_project / relative).glob("*/*"))[-1]
 
     run_kedro(kedro_project, ["ingest", "dedup_clusters"],
-              params={"dedup": {"descriptor": {"name": "pdq"}, "threshold": MATCH_THRESHOLD}})
+              params={"ingest": {"embedded": {"n_images": 100, "n_clusters": 8}},  # the study's data until 2026-12-04
+                      "dedup": {"descriptor": {"name": "pdq"}, "threshold": MATCH_THRESHOLD}})
     metrics = json.loads(latest("data/08_reporting/dedup_metrics.json").read_text())
     clusters = pd.read_parquet(latest("data/04_feature/duplicate_clusters.parquet"))
     training = pd.read_parquet(latest("data/03_primary/training_set.parquet"))
