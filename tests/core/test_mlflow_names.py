@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_kedro
+from tests.core.test_default_study_determinism import REDUCED
 
 REFERENCE = Path(__file__).parents[1] / "data" / "mlflow_names_before_kedro_mlflow.json"
-REDUCED = {
-    "ingest": {"embedded": {"n_images": 30, "n_clusters": 2, "copies_per_cluster": 2}},
-    "finetune": {"steps": 6, "batch_size": 8, "sample_every": 3, "sample_prompts": 2, "checkpoint_every": 3,
-                 "log_every": 2},
-    "generate": {"n_images": 8, "steps": 3, "batch_size": 4, "grid_size": 4},
-    "evaluate": {"bootstrap": {"n_boot": 100}},
-    "complexity": {"n_boot": 100},
-}
 # MLflow's own system metrics are sampled every 10 s: how many names a short run gets depends on its speed
 VOLATILE_PREFIXES = ("system/",)
 
