@@ -11,7 +11,8 @@ commands, set it too).
 * :class:`ConsoleFilter` (put on the root logger's handlers by :class:`ConsoleHooks`: Kedro refuses project
   classes in ``conf/logging.yml``) drops Kedro's "Completed node" /
   "Completed k out of n tasks" / synchronous-mode lines, kedro-mlflow's "Registering new custom resolver" line and the lines of the
-  ``log_<stage>_metrics`` nodes (a metrics output copied to MLflow), and
+  ``log_<stage>_metrics`` nodes (a metrics output copied to MLflow) and of the figure nodes (``plot_*``: the closing
+  summary lists every figure), and
   shortens "Running node: name: func([...]) -> [...]" to
   the node's name. Records at WARNING or above always pass.
 * :class:`ConsoleHooks` turns both back on when verbose (``COPYING_STUDY_VERBOSE=1``): the data catalog's "Loading data from" / "Saving data
@@ -30,6 +31,7 @@ from kedro.framework.hooks import hook_impl
 THIRD_PARTY_LEVELS = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
                       "MLFLOW_LOGGING_LEVEL": "WARNING"}
 DATA_CATALOG_LOGGER = "kedro.io.data_catalog"
+FIGURE_NODE_PREFIXES = ("plot_", "dedup_plot_")  # nodes that draw a figure (no console line of their own)
 _DROPPED = ("Completed node: %s", "Completed %d out of %d tasks", "Using synchronous mode")
 
 
@@ -88,6 +90,8 @@ class ConsoleFilter(logging.Filter):
             leaf = name.rsplit(".", 1)[-1]
             if leaf.startswith("log_") and leaf.endswith("_metrics"):
                 return False  # a *_metrics output copied to MLflow (copying_study.pipelines.tracking): bookkeeping
+            if leaf.startswith(FIGURE_NODE_PREFIXES):
+                return False  # a figure: the closing summary lists each one with what it shows
             record.args = (name,)
         return True
 

@@ -112,7 +112,7 @@ def test_cluster_table_is_the_same_on_every_engine(client, planted, caplog):
     worker_client secedes the task, so its sub-tasks run on both single-threaded workers)."""
     ids = [f"img{k}" for k in range(N)]
     p = params(distributed_shard_size={"search": 1234}, search={"k_start": 4, "max_neighbors": 16})
-    with caplog.at_level(logging.INFO, logger="copying_study.data.dedup"):
+    with caplog.at_level(logging.DEBUG, logger="copying_study.data.dedup"):
         single = dedup.find_clusters(planted, ids, {**p, "distributed": "auto"})  # no worker here: this process
         with client.as_current():
             on_dask = dedup.find_clusters(planted, ids, {**p, "distributed": True})
@@ -201,7 +201,7 @@ def test_distributed_true_without_a_client_is_a_clear_error(planted):
 def test_unsharded_index_kinds_run_in_this_process(client, planted, caplog, tmp_path):
     """hnsw has no sharded search: on the Dask engine it falls back to this process with a warning."""
     p = params(distributed=True, search={"index": "hnsw"})
-    with caplog.at_level(logging.INFO, logger="copying_study.data.dedup"), client.as_current():
+    with caplog.at_level(logging.DEBUG, logger="copying_study.data.dedup"), client.as_current():
         table = dedup.find_clusters(planted[:500], [str(k) for k in range(500)], p)
     assert "search.index 'hnsw' has no sharded search" in caplog.text
     assert "threshold graph: engine single process" in caplog.text and len(table) == 500

@@ -286,7 +286,7 @@ def caption_table(table: Any, s: CaptionParams, seed: int, device: str | torch.d
     """
     if s.model is None:
         reason = "caption.model is null: no captioning model, the table passes through unchanged"
-        logger.info("caption: skipped (%s)", reason)
+        logger.debug("caption: skipped (%s)", reason)
         return table, {"status": "skipped", "reason": reason, "n_images": len(table),
                        "captions_per_image": s.per_image, "generation": s.generation(), "model": None}
     if not isinstance(table, pd.DataFrame):
@@ -306,7 +306,7 @@ def caption_table(table: Any, s: CaptionParams, seed: int, device: str | torch.d
     else:
         reason = None
     if reason is not None:
-        logger.info("caption: skipped (%s)", reason)
+        logger.debug("caption: skipped (%s)", reason)
         return table, {"status": "skipped", "reason": reason, **record}
     captioner = Captioner(s, device)
     start = time.perf_counter()

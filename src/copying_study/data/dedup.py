@@ -58,7 +58,7 @@ def describe_images(images: Sequence[bytes], params: Mapping[str, Any], device: 
     over shards (``params['distributed']``); the bytes are the same either way."""
     with dask_client(params["distributed"]) as client:
         if client is None:
-            logger.info("training descriptors: engine single process")
+            logger.debug("training descriptors: engine single process")
             descriptor = load_descriptor(params["descriptor"], device=device)
             embeddings, row_info = descriptor.encode_rows(EncodedImages(images), desc="training descriptors")
             return embeddings, row_info, descriptor.meta()
@@ -113,7 +113,7 @@ def threshold_graph(embeddings: np.ndarray, params: Mapping[str, Any], meta: Map
                            "in this process", search["index"])
             client = None
         if client is None:
-            logger.info("threshold graph: engine single process")
+            logger.debug("threshold graph: engine single process")
             i, j, _ = threshold_pairs(
                 embeddings, params["threshold"], kind=search["index"], meta=meta, k_start=search["k_start"],
                 max_neighbors=search["max_neighbors"], chunk_size=search["chunk_size"], backend=search["backend"],

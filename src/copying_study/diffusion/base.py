@@ -149,7 +149,7 @@ def ensure_base(overrides: Mapping[str, Any] | None = None, cache: str | Path = 
     final = Path(cache) / fp[:16]
     if (final / RECORD_FILE).is_file() and (final / MODEL_DIR / "model_index.json").is_file():
         record = json.loads((final / RECORD_FILE).read_text())
-        logger.info("embedded base model: cached %s (built in %.0f s)", final, record.get("seconds", 0))
+        logger.debug("embedded base model: cached %s (built in %.0f s)", final, record.get("seconds", 0))
         return final / MODEL_DIR, {**record, "fingerprint": fp, "folder": str(final)}, False
     Path(cache).mkdir(parents=True, exist_ok=True)
     logger.warning("embedded base model %s is not built yet: pretraining it now, once (%d steps on %d generic "
