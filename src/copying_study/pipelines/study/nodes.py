@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
-from copying_study.hooks import flatten
+from copying_study.hooks import flatten, tracking_on
 from copying_study.schemas import StudyParams
 from copying_study.study import (
     STAGES,
@@ -30,14 +29,10 @@ from copying_study.study.findings import generation_values, study_tables
 logger = logging.getLogger(__name__)
 
 
-def _mlflow_on() -> bool:
-    return os.environ.get("COPYING_STUDY_MLFLOW", "1").lower() not in ("0", "false", "off", "no")
-
-
 def log_cell_run(cell: Mapping[str, Any], params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str | None:
     """A nested MLflow run for one cell (when an MLflow run is active): its flattened parameters, its metrics and
     the tags ``study.cell``, ``study.seed``, ``study.namespace``, ``study.kind``, ``study.from``. Returns its id."""
-    if not _mlflow_on():
+    if not tracking_on():
         return None
     import mlflow
 
