@@ -63,14 +63,24 @@ LABELS = {"copy_rate": "copy rate (all prompts)", "copy_rate_duplicated": "copy 
           "dataset_similarity": "dataset similarity (95th pct of top-1)"}
 
 
+def _main_steps(plain: pd.DataFrame) -> pd.DataFrame:
+    """The cells at the grid's most common training length (ties: the longest), so that a sweep over steps does not
+    put several points of one setting on the ddf figures."""
+    if "finetune_steps" not in plain.columns or plain["finetune_steps"].nunique() <= 1:
+        return plain
+    counts = plain["finetune_steps"].value_counts()
+    steps = max(counts[counts == counts.max()].index)
+    return plain[plain["finetune_steps"] == steps]
+
+
 def _ddf_points(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Plain cells (original-caption type of the grid, no mitigation) by duplication, the no-duplication cell at
-    ddf 1 shared by both lines."""
+    """Plain cells (original-caption type of the grid, no mitigation, the grid's main training length) by
+    duplication, the no-duplication cell at ddf 1 shared by both lines."""
     plain = _plain(cells)
     if plain.empty:
         return {}
     caption = plain["caption_type"].mode().iloc[0]
-    plain = plain[plain["caption_type"] == caption]
+    plain = _main_steps(plain[plain["caption_type"] == caption])
     none = plain[plain["duplication"] == "none"].assign(ddf=1.0)
     return {d: pd.concat([none, plain[plain["duplication"] == d]]).sort_values("ddf")
             for d in ("full", "partial") if (plain["duplication"] == d).any()}
@@ -147,11 +157,52 @@ def _similarity_section(results: pd.DataFrame) -> str:
                           "dataset similarity against ddf; bars: 95% CI over seeds and generations"))
 
 
+def _steps_section(results: pd.DataFrame) -> str:
+    """Fig. 6 (left): the copy statistics over training steps, one line per (duplication, ddf) setting of the plain
+    cells (no mitigation, the grid's most common caption type), bars = each cell's 95% interval."""
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
+
+    cells = _plain(_cells(results))
+    if cells.empty or "finetune_steps" not in cells.columns or cells["finetune_steps"].nunique() <= 1:
+        steps = sorted(set(int(s) for s in cells.get("finetune_steps", pd.Series(dtype=int)).dropna()))
+        return (f"<p>Every cell trains the same number of steps ({', '.join(map(str, steps)) or '–'}): this grid has no "
+                "sweep over training steps (conf/fig6 has one).</p>")
+    cells = cells[cells["caption_type"] == cells["caption_type"].mode().iloc[0]]
+    stats = [s for s in ("copy_rate", "copy_rate_duplicated", "dataset_similarity") if _has(cells, s)]
+    if not stats:
+        return "<p>No copy statistics (study_generations is empty).</p>"
+    fig = Figure(figsize=(4.6 * len(stats), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(stats), squeeze=False)[0]
+    groups = list(cells.groupby(["duplication", "ddf"], sort=True))
+    for ax, stat in zip(axes, stats, strict=True):
+        for (duplication, ddf), pts in groups:
+            pts = pts.sort_values("finetune_steps")
+            y = pts[f"cell_{stat}"].to_numpy(float)
+            if pd.isna(y).all():
+                continue
+            lo, hi = pts[f"cell_{stat}_ci_low"].to_numpy(float), pts[f"cell_{stat}_ci_high"].to_numpy(float)
+            label = "no duplication" if duplication == "none" else f"{duplication} duplication, ddf {ddf:g}"
+            ax.errorbar(pts["finetune_steps"], y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=label)
+        ax.set_xlabel("finetuning steps")
+        ax.set_ylabel(LABELS[stat].replace(" (", "\n("), fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle("copying over training steps, no mitigation; bars: 95% CI over seeds and generations", fontsize=9)
+    rows = "".join(f"<tr><td>{html.escape(r.cell)}</td><td>{html.escape(str(r.duplication))}</td>"
+                   f"<td>{_fmt(r.ddf, 0)}</td><td>{int(r.finetune_steps)}</td>"
+                   + "".join(f"<td>{_ci(r, s)}</td>" for s in stats) + "</tr>"
+                   for r in cells.sort_values(["duplication", "ddf", "finetune_steps"]).itertuples())
+    head = "".join(f"<th>{LABELS[s]} [95% CI]</th>" for s in stats)
+    return ("<p class='paper'>Paper (Fig. 6 left): similarity rises with training iterations; image-and-caption "
+            "(full) duplication reaches the highest values, image-only (partial) duplication stays lower at every "
+            "iteration.</p>" + _figure_tag(fig, "copying over training steps")
+            + f"<table><tr><th>cell</th><th>duplication</th><th>ddf</th><th>steps</th>{head}</tr>{rows}</table>")
+
+
 def _caption_section(results: pd.DataFrame) -> str:
     from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     cells = _plain(_cells(results))
-    cells = cells[cells["duplication"] != "none"]
+    cells = _main_steps(cells[cells["duplication"] != "none"])
     if cells.empty:
         return "<p>No duplicated cell without mitigations.</p>"
     setting = cells.groupby(["duplication", "ddf"])["caption_type"].nunique().idxmax()
@@ -263,7 +314,8 @@ img.thumb{width:64px;height:64px;image-rendering:pixelated;margin-right:2px}
 p.paper{background:#eef3fb;border-left:4px solid #4a78c2;padding:4px 8px}"""
 
 SECTIONS: tuple[str, ...] = ("Copy rate against the duplication factor", "The paper's findings, tested",
-                             "Dataset similarity against the duplication factor (Fig. 5)", "Caption types (Fig. 4)",
+                             "Dataset similarity against the duplication factor (Fig. 5)",
+                             "Copying over training steps (Fig. 6)", "Caption types (Fig. 4)",
                              "Mitigations (Table 1)", "Complexity (Fig. 7)", "Strongest copies per cell",
                              "All results", "Run record")
 
@@ -273,7 +325,7 @@ def render_report(results: pd.DataFrame, comparisons: pd.DataFrame | None,
     """The study report: one self-contained HTML page with every view in :data:`SECTIONS`, the headline figure
     first."""
     bodies = [_headline_section(results), _findings_section(comparisons), _similarity_section(results),
-              _caption_section(results), _mitigation_section(results, comparisons), _complexity_section(results),
+              _steps_section(results), _caption_section(results), _mitigation_section(results, comparisons), _complexity_section(results),
               _gallery_section(galleries), _results_section(results)]
     record = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                      for k, v in run_info.items())
