@@ -182,7 +182,9 @@ def _steps_section(results: pd.DataFrame) -> str:
                 continue
             lo, hi = pts[f"cell_{stat}_ci_low"].to_numpy(float), pts[f"cell_{stat}_ci_high"].to_numpy(float)
             label = "no duplication" if duplication == "none" else f"{duplication} duplication, ddf {ddf:g}"
-            ax.errorbar(pts["finetune_steps"], y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=label)
+            colour = {"full": "tab:red", "partial": "tab:blue"}.get(duplication, "tab:grey")  # as the ddf figures
+            ax.errorbar(pts["finetune_steps"], y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=label,
+                        color=colour)
         ax.set_xlabel("finetuning steps")
         ax.set_ylabel(LABELS[stat].replace(" (", "\n("), fontsize=9)
         ax.legend(fontsize=8)
@@ -310,7 +312,7 @@ def _results_section(results: pd.DataFrame) -> str:
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0;
 font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}h2{border-bottom:2px solid #444;
 margin-top:2em}.gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;font-size:11px;width:150px}
-img.thumb{width:64px;height:64px;image-rendering:pixelated;margin-right:2px}
+img.thumb{width:64px;height:64px;image-rendering:pixelated;margin-right:2px}img:not(.thumb){max-width:100%;height:auto}
 p.paper{background:#eef3fb;border-left:4px solid #4a78c2;padding:4px 8px}"""
 
 SECTIONS: tuple[str, ...] = ("Copy rate against the duplication factor", "The paper's findings, tested",

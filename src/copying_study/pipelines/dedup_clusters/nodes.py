@@ -148,6 +148,9 @@ def dedup_metrics(duplicate_clusters: pd.DataFrame, cluster_summary: pd.DataFram
         scores = dedup.pair_scores(duplicate_clusters["cluster_id"].to_numpy(),
                                    np.array([truth[i] for i in duplicate_clusters["image_id"]]))
         metrics.update(scores)
-        logger.info("planted clusters: pair precision %.3f, recall %.3f", scores["pair_precision"],
-                    scores["pair_recall"])
+        if scores["true_pairs"]:
+            logger.info("planted clusters: pair precision %.3f, recall %.3f", scores["pair_precision"],
+                        scores["pair_recall"])
+        else:  # pair_recall is 1.0 by convention when nothing is planted: not a measurement
+            logger.info("planted clusters: none in the data (pair precision and recall measure nothing here)")
     return metrics
