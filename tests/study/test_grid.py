@@ -214,3 +214,24 @@ def test_the_mitigations_grid_expands_every_inference_mitigation_from_one_model_
     quantiles = {m["generate"]["strengths"]["wen_target_quantile"] for m in merged.values()
                  if m["generate"]["mitigation"] == "wen"}
     assert quantiles == {None, 0.5}  # Wen's fixed target, and the run's median
+
+
+def test_the_fig6_grid_sweeps_steps_for_no_full_and_partial_duplication_and_compares_existing_cells():
+    from kedro.config import OmegaConfigLoader
+
+    from copying_study.schemas import FinetuneParams, StudyParams
+
+    tree = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="fig6")["parameters"]
+    grid = StudyParams.model_validate(tree["study"])
+    cells = expand_grid(tree["study"])
+    assert {c.seed for c in cells} == {0, 1, 2} and all(c.kind == "train" for c in cells)
+    merged = {c.name: cell_parameters(tree, c)["finetune"] for c in cells}
+    for f in merged.values():
+        FinetuneParams.from_params(f)
+    settings = {(f["duplication"], f["ddf"], f["steps"]) for f in merged.values()}
+    assert settings == {(d, ddf, s) for d, ddf in (("none", 1), ("full", 10), ("partial", 10))
+                        for s in (100, 200, 300)}
+    names = {c.name for c in cells}
+    assert all(comp.a in names and comp.b in names for comp in grid.comparisons)
+    # the comparisons against the no-duplication cells never ask for the duplicated prompts' copy rate
+    assert not any("copy_rate_duplicated" in comp.statistics for comp in grid.comparisons if "nodup" in comp.b)
