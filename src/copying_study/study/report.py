@@ -63,6 +63,14 @@ LABELS = {"copy_rate": "copy rate (all prompts)", "copy_rate_duplicated": "copy 
           "dataset_similarity": "dataset similarity (95th pct of top-1)"}
 
 
+DUPLICATION_COLOURS = {"full": "tab:red", "partial": "tab:blue", "none": "tab:grey"}  # the same in every figure
+
+
+def _common_caption(plain: pd.DataFrame) -> pd.DataFrame:
+    """The (non-empty) cells at the grid's most common caption type."""
+    return plain[plain["caption_type"] == plain["caption_type"].mode().iloc[0]]
+
+
 def _main_steps(plain: pd.DataFrame) -> pd.DataFrame:
     """The cells at the grid's most common training length (ties: the longest), so that a sweep over steps does not
     put several points of one setting on the ddf figures."""
@@ -79,8 +87,7 @@ def _ddf_points(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
     plain = _plain(cells)
     if plain.empty:
         return {}
-    caption = plain["caption_type"].mode().iloc[0]
-    plain = _main_steps(plain[plain["caption_type"] == caption])
+    plain = _main_steps(_common_caption(plain))
     none = plain[plain["duplication"] == "none"].assign(ddf=1.0)
     return {d: pd.concat([none, plain[plain["duplication"] == d]]).sort_values("ddf")
             for d in ("full", "partial") if (plain["duplication"] == d).any()}
@@ -97,11 +104,11 @@ def _ddf_figure(cells: pd.DataFrame, statistics: list[str], title: str) -> str:
     axes = fig.subplots(1, len(statistics), squeeze=False)[0]
     rows = []
     for ax, stat in zip(axes, statistics, strict=True):
-        for (duplication, pts), colour in zip(points.items(), ("tab:red", "tab:blue"), strict=False):
+        for duplication, pts in points.items():
             y = pts[f"cell_{stat}"].to_numpy(float)
             lo, hi = pts[f"cell_{stat}_ci_low"].to_numpy(float), pts[f"cell_{stat}_ci_high"].to_numpy(float)
-            ax.errorbar(pts["ddf"], y, yerr=[y - lo, hi - y], marker="o", capsize=3, color=colour,
-                        label=f"{duplication} duplication")
+            ax.errorbar(pts["ddf"], y, yerr=[y - lo, hi - y], marker="o", capsize=3,
+                        color=DUPLICATION_COLOURS[duplication], label=f"{duplication} duplication")
         ax.set_xscale("log")
         ax.set_xlabel("data duplication factor (ddf; 1 = no duplication)")
         ax.set_ylabel(LABELS[stat].replace(" (", "\n("), fontsize=9)  # two lines: clear of the title
@@ -167,7 +174,7 @@ def _steps_section(results: pd.DataFrame) -> str:
         steps = sorted(set(int(s) for s in cells.get("finetune_steps", pd.Series(dtype=int)).dropna()))
         return (f"<p>Every cell trains the same number of steps ({', '.join(map(str, steps)) or '–'}): this grid has no "
                 "sweep over training steps (conf/fig6 has one).</p>")
-    cells = cells[cells["caption_type"] == cells["caption_type"].mode().iloc[0]]
+    cells = _common_caption(cells)
     stats = [s for s in ("copy_rate", "copy_rate_duplicated", "dataset_similarity") if _has(cells, s)]
     if not stats:
         return "<p>No copy statistics (study_generations is empty).</p>"
@@ -182,9 +189,8 @@ def _steps_section(results: pd.DataFrame) -> str:
                 continue
             lo, hi = pts[f"cell_{stat}_ci_low"].to_numpy(float), pts[f"cell_{stat}_ci_high"].to_numpy(float)
             label = "no duplication" if duplication == "none" else f"{duplication} duplication, ddf {ddf:g}"
-            colour = {"full": "tab:red", "partial": "tab:blue"}.get(duplication, "tab:grey")  # as the ddf figures
             ax.errorbar(pts["finetune_steps"], y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=label,
-                        color=colour)
+                        color=DUPLICATION_COLOURS.get(duplication, "tab:grey"))
         ax.set_xlabel("finetuning steps")
         ax.set_ylabel(LABELS[stat].replace(" (", "\n("), fontsize=9)
         ax.legend(fontsize=8)
